@@ -1,0 +1,83 @@
+"""Shared fixtures.
+
+* `app`, `client`: an in-process app (Flask test client) for fast checks.
+* `model_store`: a model store directory with the demo model and test models
+  built in code (a slow one, a legacy Keras 2 .h5 in the flat layout, ...).
+* `server`: the real server, started as `python -m webapp serve` in a
+  subprocess on a free port, once per async mode; tests drive it with the
+  real python-socketio client and real HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serverproc import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL = ROOT / "models" / "shapes"
+ASYNC_MODES = ("eventlet", "threading")
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> Path:
+    """A store holding the demo model and the test models (built once)."""
+    import modelfactory as mf
+
+    root = tmp_path_factory.mktemp("store")
+    shutil.copytree(DEMO_MODEL, root / "shapes")
+    mf.save_directory_model(root, "tiny", mf.tiny_cnn(), labels=["red", "green", "blue"])
+    # Used by one test only, so its first load is observed from the start.
+    mf.save_directory_model(root, "status-probe", mf.tiny_cnn(), labels=["red", "green", "blue"])
+    mf.save_directory_model(root, "logits", mf.tiny_cnn(activation=None), labels=["a", "b", "c"],
+                            labels_format="json", meta={"output": "logits", "preprocess": "unit"})
+    mf.save_directory_model(root, "binary", mf.tiny_cnn(units=1, activation="sigmoid"),
+                            labels=["cat", "dog"], meta={"output": "sigmoid"})
+    mf.save_directory_model(root, "grey", mf.tiny_cnn(input_shape=(20, 30, 1)), labels=["x", "y", "z"],
+                            meta={"preprocess": "symmetric"})
+    mf.save_directory_model(root, "slow", mf.slow_cnn(), labels=["left", "right"])
+    mf.save_legacy_keras2_h5(root / "legacy.h5")
+    (root / "legacy.labels.txt").write_text("one\ntwo\nthree\n")
+    (root / "broken").mkdir()
+    (root / "broken" / "model.keras").write_bytes(b"this is not a keras file")
+    return root
+
+
+@pytest.fixture(scope="session", params=ASYNC_MODES)
+def server(request, model_store, tmp_path_factory):
+    """The real server in each async mode, serving `model_store`."""
+    workdir = tmp_path_factory.mktemp(f"server-{request.param}")
+    proc = ServerProcess(
+        async_mode=request.param,
+        env={"MODEL_STORE": str(model_store), "DEFAULT_MODEL": "shapes",
+             "MODEL_CACHE_DIR": str(workdir / "cache")},
+        log_dir=workdir,
+    )
+    proc.start()
+    proc.wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def app(tmp_path):
+    """An app on an empty store, nothing started in the background."""
+    from webapp import create_app
+
+    store = tmp_path / "store"
+    store.mkdir()
+    return create_app({"MODEL_STORE": str(store), "ASYNC_MODE": "threading",
+                       "MODEL_CACHE_DIR": str(tmp_path / "cache"), "START_BACKGROUND": False})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

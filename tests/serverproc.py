@@ -1,0 +1,134 @@
+"""Run the real server as a subprocess and talk to it like a user would."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m webapp serve` on a free loopback port."""
+
+    def __init__(self, async_mode: str = "eventlet", env: dict | None = None, log_dir: Path | None = None,
+                 command: list[str] | None = None):
+        self.async_mode = async_mode
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),
+                    "ASYNC_MODE": async_mode, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.command = command or [sys.executable, "-m", "webapp", "serve"]
+        self.log_path = (log_dir or Path("/tmp")) / f"server-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> "ServerProcess":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer /healthz in {timeout}s:\n{self.log()}")
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if requests.get(self.url + "/readyz", timeout=5).status_code == 200:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig=signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def client(self, **kwargs) -> "Client":
+        return Client(self.url, **kwargs)
+
+
+class Client:
+    """A python-socketio client that records every event the server sends."""
+
+    EVENTS = ("label", "error", "model_status", "models", "prediction", "monitoring", "status")
+
+    def __init__(self, url: str, transports=("websocket",), auth=None, headers=None):
+        self.sio = socketio.Client(reconnection=False)
+        self.events: dict[str, queue.Queue] = {name: queue.Queue() for name in self.EVENTS}
+        for name in self.EVENTS:
+            self.sio.on(name, self._recorder(name))
+        self.sio.connect(url, transports=list(transports), auth=auth, headers=headers or {},
+                         wait_timeout=10)
+
+    def _recorder(self, name):
+        def record(data=None):
+            self.events[name].put(data)
+        return record
+
+    def next(self, event: str, timeout: float = 30.0):
+        return self.events[event].get(timeout=timeout)
+
+    def drain(self, event: str) -> list:
+        items = []
+        while True:
+            try:
+                items.append(self.events[event].get_nowait())
+            except queue.Empty:
+                return items
+
+    def emit(self, event: str, data=None):
+        self.sio.emit(event, data)
+
+    def call(self, event: str, data=None, timeout: float = 60.0):
+        return self.sio.call(event, data, timeout=timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self.sio.connected
+
+    def close(self):
+        if self.sio.connected:
+            self.sio.disconnect()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

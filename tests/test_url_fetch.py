@@ -1,0 +1,121 @@
+"""`POST /api/models/<name>/predict` with `{"url": ...}`: fetched server-side, safely."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import pytest
+import requests
+
+from images import encode, shape_image
+from serverproc import ServerProcess, free_port
+
+PICTURE = encode(shape_image("circle", seed=77, size=(200, 150)))
+
+
+class Images(http.server.BaseHTTPRequestHandler):
+    """/pic.jpg, /big (5 MB), /redirect/N (N hops then the picture), /missing."""
+
+    def do_GET(self):
+        if self.path == "/pic.jpg":
+            self._send(200, PICTURE, "image/jpeg")
+        elif self.path == "/big":
+            self._send(200, b"\xff" * (5 * 1024 * 1024), "image/jpeg")
+        elif self.path.startswith("/redirect/"):
+            hops = int(self.path.rsplit("/", 1)[1])
+            self.send_response(302)
+            self.send_header("Location", "/pic.jpg" if hops <= 1 else f"/redirect/{hops - 1}")
+            self.end_headers()
+        else:
+            self._send(404, b"no", "text/plain")
+
+    def _send(self, status, body, kind):
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def images_site():
+    port = free_port()
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", port), Images)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{port}"
+    site.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trusting_server(tmp_path_factory):
+    """A server that trusts loopback for URL fetches (as a private deployment would)."""
+    workdir = tmp_path_factory.mktemp("urlfetch")
+    proc = ServerProcess(env={"URL_FETCH_ALLOW": "127.0.0.1/32", "MODEL_CACHE_DIR": str(workdir)},
+                         log_dir=workdir).start()
+    proc.wait_ready()
+    yield proc
+    proc.stop()
+
+
+def predict(server, url):
+    return requests.post(f"{server.url}/api/models/shapes/predict", json={"url": url}, timeout=30)
+
+
+def test_url_is_fetched_and_labelled(trusting_server, images_site):
+    response = predict(trusting_server, images_site + "/pic.jpg")
+    assert response.status_code == 200, response.text
+    assert response.json()["labels"][0]["label"] == "circle"
+
+
+def test_redirects_are_followed_up_to_three(trusting_server, images_site):
+    assert predict(trusting_server, images_site + "/redirect/3").status_code == 200
+    too_many = predict(trusting_server, images_site + "/redirect/5")
+    assert too_many.status_code == 400 and "redirect" in too_many.json()["error"]["message"]
+
+
+def test_fetch_errors(trusting_server, images_site):
+    big = predict(trusting_server, images_site + "/big")
+    assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
+    missing = predict(trusting_server, images_site + "/missing")
+    assert missing.status_code == 400 and "404" in missing.json()["error"]["message"]
+    for url in ("ftp://127.0.0.1/pic.jpg", "file:///etc/passwd", "not a url", 42):
+        response = predict(trusting_server, url)
+        assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request", url
+    assert predict(trusting_server, images_site + "/pic.jpg").status_code == 200
+
+
+# Only loopback forms go to the running server: if the guard failed, nothing
+# would leave this machine. Other ranges are checked on the policy below.
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "[::1]", "0.0.0.0"])
+def test_private_and_loopback_hosts_are_refused_by_default(server, host, images_site):
+    port = images_site.rsplit(":", 1)[1]
+    response = predict(server, f"http://{host}:{port}/pic.jpg")
+    assert response.status_code == 400, response.text
+    assert "not allowed" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("address", ["10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+                                     "224.0.0.1", "240.0.0.1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1",
+                                     "::ffff:10.0.0.1"])
+def test_policy_refuses_non_public_addresses(address):
+    import ipaddress
+
+    from webapp.errors import BadRequest
+    from webapp.urlfetch import UrlPolicy
+
+    with pytest.raises(BadRequest):
+        UrlPolicy().check_address("example.test", ipaddress.ip_address(address))
+
+
+def test_policy_allows_public_addresses_and_the_allow_list():
+    import ipaddress
+
+    from webapp.urlfetch import UrlPolicy
+
+    UrlPolicy().check_address("example.test", ipaddress.ip_address("93.184.215.14"))
+    UrlPolicy(["10.0.0.0/8"]).check_address("intranet", ipaddress.ip_address("10.1.2.3"))
+    UrlPolicy(["intranet.local"]).check_address("intranet.local", ipaddress.ip_address("192.168.0.5"))

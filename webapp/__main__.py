@@ -1,0 +1,7 @@
+"""`python -m webapp COMMAND`: see `webapp.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""The application factory: wires settings, store, registry, data plane and transports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from flask import Flask
+
+from . import health, http_api, operations, pages, socket_events
+from .access import AccessPolicy
+from .cache import DiskCache
+from .concurrency import Concurrency
+from .config import PROJECT_ROOT, load_config
+from .dataplane import DataPlane
+from .extensions import socketio
+from .lifecycle import Lifecycle
+from .metrics import Metrics
+from .operations import StatusBoard
+from .registry import ModelRegistry
+from .store import open_store
+
+
+def socketio_buffer_limit(max_frame_bytes: int) -> int:
+    """Socket.IO's own message limit: comfortably above the frame limit.
+
+    A frame a little over MAX_FRAME_BYTES (even base64-encoded, +33%) must
+    still reach our handler to be answered `too_large`; only a message over
+    this limit makes Engine.IO drop the connection.
+    """
+    return 2 * max_frame_bytes + 64 * 1024
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app. `config` overrides settings read from the environment."""
+    settings = load_config(config)
+    _configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
+
+    app = Flask(
+        __name__,
+        static_folder=str(PROJECT_ROOT / "static"),
+        template_folder=str(PROJECT_ROOT / "templates"),
+    )
+    app.config.update(settings)
+    # HTTP bodies: a frame as multipart or base64 JSON, plus form overhead.
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_FRAME_BYTES"] * 4 // 3 + 64 * 1024
+
+    concurrency = Concurrency.for_mode(settings["ASYNC_MODE"])
+    cache = DiskCache(settings["MODEL_CACHE_DIR"], int(float(settings["MODEL_CACHE_MAX_MB"]) * 1024 * 1024))
+    store = open_store(settings["MODEL_STORE"], cache, settings)
+    registry = ModelRegistry(store, concurrency, settings, cache)
+    dataplane = DataPlane(registry, concurrency, settings)
+    app.extensions["dataplane"] = dataplane
+
+    metrics = Metrics()
+    metrics.watch(registry, cache)
+    board = StatusBoard(registry, cache, metrics, socket_events.PROCESS_ID)
+    dataplane.observers += [metrics, board]
+    store.on_download = metrics.downloaded
+    app.extensions["metrics"], app.extensions["status"] = metrics, board
+    app.extensions["lifecycle"] = Lifecycle(dataplane, socketio, concurrency)
+    app.extensions["access"] = AccessPolicy(settings["PROJECT_TOKENS"], settings["ADMIN_TOKEN"])
+
+    origins = settings["CORS_ORIGINS"]
+    socketio.init_app(
+        app,
+        async_mode=settings["ASYNC_MODE"],
+        # None: same origin only; "*": any; else the listed origins.
+        cors_allowed_origins=("*" if origins == ["*"] else origins) or None,
+        cors_credentials=settings["CORS_CREDENTIALS"],
+        message_queue=settings["MESSAGE_QUEUE"] or None,
+        channel="webapp-socketio",
+        max_http_buffer_size=socketio_buffer_limit(settings["MAX_FRAME_BYTES"]),
+    )
+    socket_events.track_ack_requests(socketio.server)
+    registry.announce = socket_events.announce_to_model_users
+    if origins:
+        from flask_cors import CORS
+
+        CORS(app, resources={r"/api/*": {"origins": origins}}, supports_credentials=settings["CORS_CREDENTIALS"])
+    http_api.init_app(app)
+    health.init_app(app)
+    pages.init_app(app)
+    operations.init_app(app)
+
+    if settings.get("START_BACKGROUND", True):
+        dataplane.start(settings["MODELS_PRELOAD"])
+        operations.start_status_feed(socketio, board, concurrency)
+        if settings["MESSAGE_QUEUE"]:
+            from .messaging import ControlListener
+
+            ControlListener(settings["MESSAGE_QUEUE"], registry, concurrency).start()
+    return app
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (LOG_FORMAT=json), for log pipelines.
+
+    Ten lines of our own rather than a dependency: the fields are fixed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    """Logs go to stdout (12-factor: the platform collects them)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        root.addHandler(handler)
+    for handler in root.handlers:
+        handler.setFormatter(JsonFormatter() if fmt == "json" else
+                             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.setLevel(level)
+    # Engine.IO/Socket.IO log every packet at INFO; keep them for debugging only.
+    for noisy in ("engineio.server", "socketio.server", "werkzeug"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

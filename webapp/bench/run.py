@@ -1,0 +1,254 @@
+"""The benchmark's phases, in order, and its report (see the package docstring)."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import socketio
+from PIL import Image
+
+from ..config import PROJECT_ROOT
+from . import load, process, raw
+
+
+def jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A webcam-like frame: smooth shapes plus noise, so JPEG size is realistic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = (np.sin(x / 37.0) + np.cos(y / 23.0)) * 60 + 128
+    pixels = np.stack([base, base[::-1], base[:, ::-1]], -1) + rng.normal(0, 12, (height, width, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def warm(url: str, model: str, image: bytes) -> None:
+    client = socketio.Client()
+    client.connect(url, transports=["websocket"], wait_timeout=180)
+    for _ in range(3):
+        answer = client.call("frame", {"model": model, "image": image}, timeout=600)
+        if "code" in answer:
+            raise RuntimeError(f"warm-up frame failed: {answer}")
+    client.disconnect()
+
+
+def prepare_store(work: Path, quick: bool) -> tuple[Path, list[str], dict]:
+    store = work / "store"
+    store.mkdir()
+    shutil.copytree(PROJECT_ROOT / "models" / "shapes", store / "shapes")
+    info = {}
+    models = ["shapes"]
+    if not quick:
+        done = subprocess.run([sys.executable, "-m", "webapp.bench.build_models", str(store)],
+                              capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+        info = json.loads(done.stdout.strip().splitlines()[-1])
+        models.insert(0, "mobilenetv2")
+    return store, models, info
+
+
+def run(args) -> int:
+    quick = args.quick
+    modes = args.modes.split(",")
+    client_counts = [1, 4] if quick else [int(n) for n in args.clients.split(",")]
+    duration = 1.5 if quick else args.duration
+    frames = {"224x224": jpeg(224, 224), "640x480": jpeg(640, 480)}
+    report = {"machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
+              "command": " ".join(["python -m webapp bench", *sys.argv[2:]]), "quick": quick,
+              "limits": {}, "server": [], "naive": [], "overload": [], "memory": None, "cold_start": None}
+    work = Path(tempfile.mkdtemp(prefix="webapp-bench-"))
+    try:
+        store, models, built = prepare_store(work, quick)
+        report["models"] = {"built": built}
+        for model in models:
+            tflite = store / model / "model.tflite"
+            report["limits"][model] = raw.raw_limit(tflite, 0.5 if quick else 2.0, quick)
+            _say(f"raw limit {model}: {report['limits'][model]['best']}")
+        for mode in modes:
+            env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / f"cache-{mode}"),
+                   "DEFAULT_MODEL": models[0], "LOG_LEVEL": "WARNING"}
+            proc, url = process.start_server(mode, env, work / f"server-{mode}.log")
+            try:
+                for model in models:
+                    warm(url, model, frames["224x224"])
+                    for size, image in frames.items():
+                        for clients in client_counts:
+                            row = load.closed_loop(url, model, image, clients, duration)
+                            row.update(mode=mode, model=model, frame=size, rss_mb=round(process.tree_rss_mb(proc.pid), 1))
+                            report["server"].append(row)
+                            _say(f"server {mode} {model} {size} x{clients}: {row['fps']} fps p50 {row['p50']} ms")
+                report["overload"].append(_overload(url, proc, mode, models[0], frames["224x224"], report, duration))
+            finally:
+                process.stop(proc)
+            if not quick and mode == modes[0]:
+                report["memory"] = _memory(store, work, mode, frames["224x224"])
+            # The naive design loads one model copy per client; past 8 clients it
+            # only measures swapping, so it stops there.
+            naive_clients = [n for n in client_counts if n <= 8]
+            report["naive"].extend(_naive(store, mode, models[0], frames["224x224"], naive_clients, duration, work))
+        if not quick:
+            report["cold_start"] = _cold_start(store, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _ratios(report)
+    out = Path(args.out)
+    out.write_text(json.dumps(report, indent=2))
+    print(format_table(report))
+    print(f"\nreport: {out}")
+    return 0
+
+
+def _overload(url, proc, mode, model, image, report, duration) -> dict:
+    capacity = max(r["fps"] for r in report["server"] if r["mode"] == mode and r["model"] == model
+                   and r["frame"] == "224x224")
+    clients = 8
+    row = load.open_loop(url, model, image, clients, rate=2 * capacity / clients, duration=duration * 2,
+                         sample_rss=lambda: process.tree_rss_mb(proc.pid))
+    row.update(mode=mode, model=model, capacity_fps=capacity)
+    _say(f"overload {mode}: p50 {row['p50']} p99 {row['p99']} superseded {row['superseded']}")
+    return row
+
+
+def _memory(store, work, mode, image) -> dict:
+    """A fresh server with three MobileNetV2-size models loaded and used."""
+    env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / "cache-memory"), "DEFAULT_MODEL": "",
+           "LOG_LEVEL": "WARNING"}
+    proc, url = process.start_server(mode, env, work / "memory.log")
+    try:
+        idle = process.tree_rss_mb(proc.pid)
+        for name in ("mobilenetv2", "mobilenetv2-2", "mobilenetv2-3"):
+            warm(url, name, image)
+        rss = process.tree_rss_mb(proc.pid)
+    finally:
+        process.stop(proc)
+    _say(f"RSS with three MobileNetV2 on LiteRT: {rss:.0f} MB (idle {idle:.0f} MB)")
+    return {"models_loaded": 3, "rss_mb": round(rss, 1), "idle_rss_mb": round(idle, 1), "mode": mode}
+
+
+def _naive(store, mode, model, image, client_counts, duration, work) -> list[dict]:
+    port = process.free_port()
+    command = [sys.executable, "-m", "webapp.bench.naive_server", "--port", str(port),
+               "--model", str(store / model / "model.keras"), "--async-mode", mode]
+    proc = process.start(command, {}, work / f"naive-{mode}.log", port)
+    rows = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        warm(url, model, image)
+        for clients in client_counts:
+            row = load.closed_loop(url, model, image, clients, duration)
+            row.update(mode=mode, model=model, frame="224x224", rss_mb=round(process.tree_rss_mb(proc.pid), 1))
+            rows.append(row)
+            _say(f"naive {mode} {model} x{clients}: {row['fps']} fps p50 {row['p50']} ms")
+    finally:
+        process.stop(proc)
+    return rows
+
+
+def _cold_start(store: Path, work: Path) -> dict | None:
+    """Time to first label for an uncached model from S3, against download + load."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        return {"skipped": "moto is not installed (make test installs it)"}
+    port = process.free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    s3.start()
+    creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client.create_bucket(Bucket="bench")
+        folder = store / "mobilenetv2"
+        for path in folder.iterdir():
+            client.upload_file(str(path), "bench", f"models/cold/{path.name}")
+        started = time.perf_counter()
+        scratch = work / "download"
+        scratch.mkdir()
+        for path in folder.iterdir():
+            client.download_file("bench", f"models/cold/{path.name}", str(scratch / path.name))
+        download_s = time.perf_counter() - started
+        started = time.perf_counter()
+        from ..runtime.litert_runtime import LiteRTRuntime
+
+        runtime = LiteRTRuntime(scratch / "model.tflite")
+        runtime.predict(np.zeros((1, *runtime.input_shape), np.float32))
+        load_s = time.perf_counter() - started
+        env = {**creds, "S3_ENDPOINT_URL": endpoint, "MODEL_STORE": "s3://bench/models",
+               "MODEL_CACHE_DIR": str(work / "cold-cache"), "DEFAULT_MODEL": "", "LOG_LEVEL": "WARNING"}
+        proc, url = process.start_server("eventlet", env, work / "cold.log")
+        try:
+            sio = socketio.Client()
+            sio.connect(url, transports=["websocket"])
+            started = time.perf_counter()
+            answer = sio.call("frame", {"model": "cold", "image": jpeg(224, 224)}, timeout=600)
+            first_label_s = time.perf_counter() - started
+            sio.disconnect()
+        finally:
+            process.stop(proc)
+        size = sum(p.stat().st_size for p in folder.iterdir())
+        result = {"model_mb": round(size / 1e6, 1), "download_s": round(download_s, 3), "load_s": round(load_s, 3),
+                  "first_label_s": round(first_label_s, 3), "ok": "labels" in answer,
+                  "ratio": round(first_label_s / (download_s + load_s), 2)}
+        _say(f"cold start: {result}")
+        return result
+    finally:
+        s3.stop()
+
+
+def _ratios(report: dict) -> None:
+    naive = {(r["mode"], r["clients"]): r["fps"] for r in report["naive"]}
+    for row in report["server"]:
+        limit = report["limits"].get(row["model"], {}).get("best", {}).get("fps")
+        row["vs_limit"] = round(row["fps"] / limit, 2) if limit else None
+        base = naive.get((row["mode"], row["clients"])) if row["frame"] == "224x224" and \
+            row["model"] == (report["naive"][0]["model"] if report["naive"] else None) else None
+        row["vs_naive"] = round(row["fps"] / base, 1) if base else None
+
+
+def format_table(report: dict) -> str:
+    lines = ["", "| mode | model | frame | clients | fps | p50 ms | p95 ms | p99 ms | superseded | RSS MB | ×limit | ×naive |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["server"]:
+        lines.append(f"| {r['mode']} | {r['model']} | {r['frame']} | {r['clients']} | {r['fps']} | {r['p50']} | "
+                     f"{r['p95']} | {r['p99']} | {r['superseded']} | {r['rss_mb']} | {r['vs_limit']} | {r['vs_naive']} |")
+    lines += ["", "| naive | model | clients | fps | p50 ms | p99 ms | RSS MB |", "|---|---|---|---|---|---|---|"]
+    for r in report["naive"]:
+        lines.append(f"| {r['mode']} | {r['model']} | {r['clients']} | {r['fps']} | {r['p50']} | {r['p99']} | {r['rss_mb']} |")
+    lines += ["", "| overload | model | capacity fps | sent | answered | p50 ms | p99 ms | superseded | never answered | RSS MB (first→last) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["overload"]:
+        rss = f"{r['rss_mb'][0]}→{r['rss_mb'][-1]}" if r["rss_mb"] else "-"
+        lines.append(f"| {r['mode']} | {r['model']} | {r['capacity_fps']} | {r['sent']} | {r['answered']} | {r['p50']} | "
+                     f"{r['p99']} | {r['superseded']} | {r['never_answered']} | {rss} |")
+    lines.append("")
+    for model, limit in report["limits"].items():
+        lines.append(f"raw limit {model}: {limit['best']['fps']} frames/s at batch {limit['best']['batch']}, "
+                     f"{limit['best']['threads']} thread(s) x {limit['best']['interpreters']} interpreter(s); "
+                     f"batch-1 latency {limit['batch1_latency_ms']} ms")
+    if report.get("memory"):
+        lines.append(f"RSS with three MobileNetV2 models loaded (LiteRT): {report['memory']['rss_mb']} MB")
+    if report.get("cold_start"):
+        lines.append(f"cold start from S3: {report['cold_start']}")
+    return "\n".join(lines)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

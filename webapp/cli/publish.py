@@ -1,0 +1,110 @@
+"""`webapp publish MODEL_FILE --name NAME --store URL`: validate, then upload.
+
+The model is loaded first (with TensorFlow, in this process) so a file that
+does not load, or labels that do not match the output size, never reach the
+store. The upload is in the directory layout with a `model.json` that records
+preprocess, output, labels and input size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ..modelspec import OUTPUT_KINDS, PREPROCESS_MODES, is_valid_model_name
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("publish", help="validate a Keras model and upload it to a model store")
+    parser.add_argument("model_file", type=Path, help="a .keras or .h5 file")
+    parser.add_argument("--name", required=True, help="model name in the store")
+    parser.add_argument("--store", required=True, help="s3://bucket/prefix or a directory")
+    parser.add_argument("--labels", type=Path, help="labels file: one per line, or a JSON list")
+    parser.add_argument("--preprocess", choices=PREPROCESS_MODES, default="raw")
+    parser.add_argument("--output", choices=OUTPUT_KINDS, default="probabilities")
+    parser.add_argument("--queue", default=os.environ.get("MESSAGE_QUEUE"),
+                        help="after the upload, tell the servers on this queue (default: $MESSAGE_QUEUE)")
+    parser.add_argument("--no-convert", action="store_true",
+                        help="do not upload a LiteRT conversion beside the model")
+    parser.set_defaults(run=run)
+
+
+def _read_labels(path: Path | None):
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        labels = json.loads(text)
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError(f"{path} must hold a JSON list of strings")
+        return tuple(labels)
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def run(args) -> int:
+    from ..config import load_config
+    from ..modelspec import MetadataError, ModelMetadata, ModelSpec
+    from ..runtime import RuntimeLoadError
+    from ..runtime.keras_runtime import KerasRuntime
+    from ..store.publish import publish
+
+    if not is_valid_model_name(args.name):
+        print(f"error: {args.name!r} is not a valid model name ([A-Za-z0-9][A-Za-z0-9._-]{{0,63}})", file=sys.stderr)
+        return 2
+    if args.model_file.suffix not in (".keras", ".h5") or not args.model_file.is_file():
+        print(f"error: {args.model_file} is not a .keras or .h5 file", file=sys.stderr)
+        return 2
+    try:
+        labels = _read_labels(args.labels)
+        runtime = KerasRuntime(args.model_file)
+        metadata = ModelMetadata(labels=labels, preprocess=args.preprocess, output=args.output)
+        spec = ModelSpec.build(args.name, "-", runtime.input_shape, runtime.output_units, metadata)
+    except (OSError, ValueError, RuntimeLoadError, MetadataError) as exc:
+        print(f"error: the model was not published: {exc}", file=sys.stderr)
+        return 1
+
+    settings = load_config()
+    with tempfile.TemporaryDirectory() as scratch:
+        described = spec.describe()
+        model_json = Path(scratch) / "model.json"
+        meta = {"preprocess": spec.preprocess, "output": spec.output, "input": described["input"]}
+        files = {f"model{args.model_file.suffix}": args.model_file, "model.json": model_json}
+        if labels:
+            meta["labels"] = list(labels)
+            labels_txt = Path(scratch) / "labels.txt"
+            labels_txt.write_text("\n".join(labels) + "\n", encoding="utf-8")
+            files["labels.txt"] = labels_txt
+        model_json.write_text(json.dumps(meta, indent=2))
+        conversion = None
+        if not args.no_convert:
+            # Servers then load model.tflite directly and skip converting.
+            from ..runtime.convert import convert
+
+            tflite = Path(scratch) / "model.tflite"
+            conversion = convert(args.model_file, tflite, spec.preprocess)
+            if conversion["ok"]:
+                files["model.tflite"] = tflite
+            else:
+                print(f"note: no LiteRT file published, servers will use TensorFlow: {conversion['reason']}",
+                      file=sys.stderr)
+        total = sum(path.stat().st_size for path in files.values())
+        from tqdm import tqdm
+
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"publishing {args.name}",
+                  file=sys.stderr, disable=None) as bar:
+            keys = publish(args.store, args.name, files, settings, progress=bar.update)
+    notified = None
+    if args.queue:
+        from ..messaging import notify_revalidate
+
+        try:
+            notified = notify_revalidate(args.queue, args.name)
+        except Exception as exc:  # the upload itself succeeded
+            print(f"note: published, but the servers were not notified: {exc}", file=sys.stderr)
+    print(json.dumps({"name": args.name, "store": args.store, "files": keys, "processes_notified": notified,
+                      "labels": list(spec.labels), "input": described["input"],
+                      "litert": bool(conversion and conversion["ok"])}))
+    return 0

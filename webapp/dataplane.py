@@ -1,0 +1,241 @@
+"""The data plane: one frame in, one `label` result out, for every transport.
+
+Socket.IO events and HTTP requests both end up in `DataPlane.predict`, so the
+protocol's behaviour (validation, error codes, timing fields, result shape) is
+defined once. The data plane owns no I/O of its own: it asks the registry for
+the model, runs decoding on a native thread, and waits for the model's
+batcher.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from .access import OPEN, Grant
+from .concurrency import Concurrency
+from .errors import BadRequest, ModelUnavailable, Overloaded, ServingError, Superseded, UnknownModel
+from .imaging import payload_bytes, prepare
+from .modelspec import is_valid_model_name, scores_from_outputs, top_labels
+from .registry import ModelRegistry, StatusListener
+from .scheduler import BatcherClosed
+from .urlfetch import UrlPolicy, fetch
+
+MAX_TOP_K = 100
+#: How long a frame may wait for its model once queued. A healthy model
+#: answers in milliseconds; this only bounds a wedged one.
+RESULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    model: str
+    image: object
+    id: object = None
+    top_k: int = 5
+
+    @classmethod
+    def parse(cls, data, default_top_k: int = 5) -> "FrameRequest":
+        """Validate a frame payload; raises `BadRequest`/`UnknownModel` with a clear message."""
+        if not isinstance(data, dict):
+            raise BadRequest("A frame must be an object with 'model' and 'image' fields.")
+        frame_id = data.get("id")
+        if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, (str, int, float))):
+            raise BadRequest("'id' must be a string or a number.")
+        if isinstance(frame_id, str) and len(frame_id) > 256:
+            raise BadRequest("'id' must be at most 256 characters.")
+        model = data.get("model")
+        if model is None:
+            raise BadRequest("The frame has no 'model' field.")
+        if not isinstance(model, str):
+            raise BadRequest("'model' must be a string.")
+        if not is_valid_model_name(model):
+            raise UnknownModel(f"There is no model called {model[:80]!r}.")
+        if data.get("image") is None:
+            raise BadRequest("The frame has no 'image' field.")
+        top_k = data.get("top_k", default_top_k)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise BadRequest(f"'top_k' must be an integer from 1 to {MAX_TOP_K}.")
+        return cls(model=model, image=data["image"], id=frame_id, top_k=top_k)
+
+
+def safe_frame_id(data):
+    """The id to echo in an error, even for a payload that failed validation."""
+    if isinstance(data, dict):
+        frame_id = data.get("id")
+        if isinstance(frame_id, (str, int, float)) and not isinstance(frame_id, bool):
+            return frame_id[:256] if isinstance(frame_id, str) else frame_id
+    return None
+
+
+class _Lane:
+    """One client's frames for one model, between arrival and the model's queue.
+
+    Only one frame per lane is decoded at a time; a frame arriving meanwhile
+    is parked, and a newer arrival supersedes the parked one at once. So under
+    overload the excess is answered `superseded` on arrival, instead of piling
+    up in front of the decoder where latency and memory would grow.
+    """
+
+    __slots__ = ("busy", "parked")
+
+    def __init__(self):
+        self.busy = False
+        self.parked = None  # [event, superseded?] of the frame waiting its turn
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, concurrency: Concurrency, settings: dict):
+        self.registry = registry
+        self.concurrency = concurrency
+        self._lanes: dict[tuple, _Lane] = {}
+        #: Told about every answer: `answered(model, timing)`, `failed(model, code, message)`.
+        self.observers: list = []
+        #: Frames being answered right now, and whether shutdown has begun.
+        self.in_flight = 0
+        self.draining = False
+        self.max_waiting = int(settings["MAX_WAITING_FRAMES"])
+        self._lanes_lock = threading.Lock()  # never held across a yield
+        self.max_frame_bytes = int(settings["MAX_FRAME_BYTES"])
+        self.max_image_pixels = int(settings["MAX_IMAGE_PIXELS"])
+        self.default_top_k = int(settings["DEFAULT_TOP_K"])
+        self.default_model = settings["DEFAULT_MODEL"]
+        self.url_policy = UrlPolicy(settings["URL_FETCH_ALLOW"], self.max_frame_bytes,
+                                    float(settings["URL_FETCH_TIMEOUT"]))
+
+    def fetch_url(self, url) -> bytes:
+        """An image from a URL a client gave, fetched safely off the event loop."""
+        return self.concurrency.run_blocking(fetch, url, self.url_policy)
+
+    def _enter_lane(self, key: tuple) -> None:
+        """Wait for this frame's turn in its lane, or raise `Superseded`."""
+        with self._lanes_lock:
+            lane = self._lanes.setdefault(key, _Lane())
+            if not lane.busy:
+                lane.busy = True
+                return
+            if lane.parked is not None:
+                lane.parked[1] = True
+                lane.parked[0].set()
+            waiter = [self.concurrency.event(), False]
+            lane.parked = waiter
+        waiter[0].wait()
+        if waiter[1]:
+            raise Superseded.by_newer_frame()
+
+    def _leave_lane(self, key: tuple) -> None:
+        """Hand the lane to the parked frame, if any (it is now the newest)."""
+        with self._lanes_lock:
+            lane = self._lanes.get(key)
+            if lane is None:
+                return
+            if lane.parked is not None:
+                waiter, lane.parked = lane.parked, None
+                waiter[0].set()  # its turn: the lane stays busy
+            else:
+                del self._lanes[key]
+
+    def predict(self, request: FrameRequest, client_key, on_status: StatusListener | None = None) -> dict:
+        """Answer one frame: the `label` object, or raise a `ServingError`."""
+        with self._lanes_lock:
+            self.in_flight += 1
+            busy = self.in_flight
+        try:
+            if self.draining:
+                raise Overloaded("The server is shutting down; connect again to reach another one.")
+            if busy > self.max_waiting:
+                raise Overloaded("The server has too many frames waiting; send less often and try again.")
+            result = self._predict(request, client_key, on_status)
+        except ServingError as exc:
+            for observer in self.observers:
+                observer.failed(request.model, exc.code, exc.message)
+            raise
+        finally:
+            with self._lanes_lock:
+                self.in_flight -= 1
+        for observer in self.observers:
+            observer.answered(request.model, result["timing"])
+        return result
+
+    def _predict(self, request: FrameRequest, client_key, on_status) -> dict:
+        started = time.perf_counter()
+        lane = (client_key, request.model)
+        self._enter_lane(lane)
+        try:
+            loaded, tensor, decode_ms, ticket = self._admit(request, client_key, on_status)
+        finally:
+            self._leave_lane(lane)
+        result = ticket.wait(RESULT_TIMEOUT)
+        spec = loaded.spec
+        scores = scores_from_outputs(result.output[None, :], spec)[0]
+        return {
+            "id": request.id,
+            "model": spec.name,
+            "version": spec.version,
+            "runtime": loaded.runtime.name,
+            "labels": top_labels(scores, spec.labels, request.top_k),
+            "timing": {
+                "decode_ms": round(decode_ms, 3),
+                "queue_ms": round(result.queue_ms, 3),
+                "inference_ms": round(result.inference_ms, 3),
+                "total_ms": round((time.perf_counter() - started) * 1000.0, 3),
+                "batch_size": result.batch_size,
+            },
+            # Send no faster than this, and frames will not queue or be superseded.
+            "hint": {"interval_ms": loaded.batcher.hint_interval_ms()},
+        }
+
+    def _admit(self, request: FrameRequest, client_key, on_status):
+        """Decode the frame for its model and queue it: (model, tensor, decode ms, ticket)."""
+        run = self.concurrency.run_blocking
+        data = run(payload_bytes, request.image, self.max_frame_bytes)
+        decode_ms, tensor, decoded_for = 0.0, None, None
+        for attempt in range(3):
+            loaded = self.registry.acquire(request.model, on_status)
+            spec = loaded.spec
+            if decoded_for != (spec.height, spec.width, spec.channels, spec.preprocess):
+                decode_started = time.perf_counter()
+                tensor = run(prepare, data, spec, self.max_image_pixels)
+                decode_ms += (time.perf_counter() - decode_started) * 1000.0
+                decoded_for = (spec.height, spec.width, spec.channels, spec.preprocess)
+            try:
+                ticket = loaded.batcher.submit(client_key, tensor)
+                break
+            except BatcherClosed:
+                # The model was swapped for a new version or unloaded between
+                # acquire and submit: take the current one (decoding again
+                # only if its input differs).
+                if attempt == 2:
+                    raise
+        return loaded, tensor, decode_ms, ticket
+
+    def list_models(self, grant: Grant = OPEN) -> dict:
+        """The store's models that `grant` may use."""
+        models = self.concurrency.run_blocking(self.registry.list_models)
+        return {"models": [m for m in models if grant.allows(m["name"])]}
+
+    def describe(self, name: str) -> dict:
+        if not is_valid_model_name(name):
+            raise UnknownModel(f"There is no model called {name[:80]!r}.")
+        return self.registry.describe(name)
+
+    def start(self, preload) -> None:
+        """Load the default, preloaded and warm models in the background."""
+        self.registry.start([self.default_model, *preload])
+
+    def readiness(self) -> tuple[bool, dict]:
+        """Ready when the default model is loaded and can serve.
+
+        With no default model, ready once the store has answered or some
+        model is loaded. A store outage alone does not make a server with
+        loaded models unready (they keep serving); it is reported in the body.
+        """
+        store = self.registry.store.status()
+        if not self.default_model:
+            return bool(store.get("reachable")) or self.registry.any_loaded(), {"store": store}
+        state = self.registry.state_of(self.default_model)
+        return state["loaded"], {"store": store, "default_model": {"name": self.default_model, **state}}
+
+
+__all__ = ["DataPlane", "FrameRequest", "ModelUnavailable", "ServingError", "safe_frame_id"]

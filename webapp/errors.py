@@ -1,0 +1,73 @@
+"""The errors a client can see, defined once.
+
+Every failure that reaches a client is a `ServingError` subclass with a stable
+`code` (part of the public protocol: Socket.IO `error` events and HTTP
+`{"error": {"code", "message"}}` bodies both use it) and the HTTP status that
+fits it. Transports map these once; nothing else decides status codes.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of the error tree. `message` is a human sentence."""
+
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self, frame_id=None) -> dict:
+        return {"id": frame_id, "code": self.code, "message": self.message}
+
+
+class BadRequest(ServingError):
+    code, http_status = "bad_request", 400
+
+
+class BadImage(ServingError):
+    code, http_status = "bad_image", 400
+
+
+class TooLarge(ServingError):
+    code, http_status = "too_large", 413
+
+
+class UnknownModel(ServingError):
+    code, http_status = "unknown_model", 404
+
+
+class ModelUnavailable(ServingError):
+    code, http_status = "model_unavailable", 503
+
+
+class Superseded(ServingError):
+    code, http_status = "superseded", 409
+
+    @classmethod
+    def by_newer_frame(cls) -> "Superseded":
+        return cls("A newer frame from this client replaced this one before it was processed.")
+
+
+class RateLimited(ServingError):
+    code, http_status = "rate_limited", 429
+
+
+class Overloaded(ServingError):
+    code, http_status = "overloaded", 503
+
+
+class Unauthorized(ServingError):
+    code, http_status = "unauthorized", 401
+
+
+#: Every public error code, for documentation and tests.
+ERROR_CODES = tuple(
+    cls.code
+    for cls in (
+        BadRequest, BadImage, TooLarge, UnknownModel, ModelUnavailable,
+        Superseded, RateLimited, Overloaded, Unauthorized,
+    )
+)

@@ -1,0 +1,112 @@
+"""HTTP API: list and describe models, predict one image per request.
+
+Errors are `{"error": {"code", "message"}}` with the status the error class
+declares; request bodies over the limit are refused with 413 by Werkzeug
+before they are read whole (`MAX_CONTENT_LENGTH`).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .dataplane import DataPlane, FrameRequest
+from .access import Grant
+from .errors import BadRequest, ServingError, TooLarge, Unauthorized
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _dataplane() -> DataPlane:
+    return current_app.extensions["dataplane"]
+
+
+def error_response(exc: ServingError):
+    response = jsonify({"error": {"code": exc.code, "message": exc.message}})
+    response.status_code = exc.http_status
+    return response
+
+
+def request_grant() -> Grant:
+    """The caller's grant from `Authorization: Bearer ...` (or `?token=` for
+    pages opened in a browser); raises `Unauthorized` when refused."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else request.args.get("token")
+    grant = current_app.extensions["access"].identify(token)
+    if grant is None:
+        raise Unauthorized("A valid token is required (Authorization: Bearer ...).")
+    return grant
+
+
+@bp.get("/models")
+def list_models():
+    return jsonify(_dataplane().list_models(request_grant()))
+
+
+@bp.get("/models/<name>")
+def describe_model(name: str):
+    request_grant().require(name)
+    return jsonify(_dataplane().describe(name))
+
+
+def _frame_from_request(name: str) -> FrameRequest:
+    """Build a frame from a multipart upload or a JSON body."""
+    top_k = request.args.get("top_k")
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise BadRequest("Send the image as the multipart field 'file'.")
+        payload = {"model": name, "image": upload.read()}
+        top_k = request.form.get("top_k", top_k)
+    elif request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise BadRequest("The JSON body must be an object with an 'image' field.")
+        payload = {**body, "model": name}
+        if "url" in body and "image" not in body:
+            payload["image"] = _dataplane().fetch_url(body["url"])
+        if "top_k" in body:
+            top_k = None
+    elif request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
+        payload = {"model": name, "image": request.get_data(cache=False)}
+    else:
+        raise BadRequest("Send multipart/form-data with a 'file' field, JSON with an 'image' field, or the image itself as the body.")
+    if top_k is not None:
+        try:
+            payload["top_k"] = int(top_k)
+        except ValueError:
+            raise BadRequest("'top_k' must be an integer from 1 to 100.") from None
+    return FrameRequest.parse(payload, _dataplane().default_top_k)
+
+
+@bp.post("/models/<name>/predict")
+def predict(name: str):
+    request_grant().require(name)
+    frame = _frame_from_request(name)
+    # Each HTTP request is its own client: never superseded by another.
+    return jsonify(_dataplane().predict(frame, client_key=uuid.uuid4().hex))
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)
+
+    @app.errorhandler(ServingError)
+    def serving_error(exc: ServingError):
+        return error_response(exc)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def body_too_large(exc):
+        return error_response(TooLarge(
+            f"The request body is over the {app.config['MAX_CONTENT_LENGTH']} byte limit."))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        # JSON errors for the API; pages keep Flask's HTML ones.
+        if not request.path.startswith("/api/"):
+            return exc
+        code = "unknown_model" if exc.code == 404 else "bad_request"
+        response = jsonify({"error": {"code": code, "message": exc.description}})
+        response.status_code = exc.code
+        return response

@@ -1,0 +1,102 @@
+"""Operators' surface: `/metrics` (Prometheus), `/dashboard` and its status feed."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, render_template
+
+bp = Blueprint("operations", __name__)
+log = logging.getLogger(__name__)
+
+
+def _require_admin() -> None:
+    from .errors import Unauthorized
+    from .http_api import request_grant
+
+    if current_app.extensions["access"].enabled and not request_grant().admin:
+        raise Unauthorized("This page needs the admin token.")
+
+
+@bp.get("/metrics")
+def metrics():
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    _require_admin()
+    return Response(generate_latest(current_app.extensions["metrics"].registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/dashboard")
+def dashboard():
+    _require_admin()
+    return render_template("dashboard.html")
+
+
+@bp.get("/api/status")
+def status():
+    """What the dashboard shows, for this process (JSON)."""
+    _require_admin()
+    return jsonify(current_app.extensions["status"].snapshot())
+
+
+class StatusBoard:
+    """Recent activity of this process: fps per model, recent errors."""
+
+    def __init__(self, registry, cache, metrics, process_id: str):
+        self._registry, self._cache, self._metrics = registry, cache, metrics
+        self.process_id = process_id
+        self._answers: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=4096))
+        self.recent_errors: collections.deque = collections.deque(maxlen=20)
+
+    def answered(self, model: str, timing: dict | None = None) -> None:
+        self._answers[model].append(time.monotonic())
+
+    def failed(self, model: str, code: str, message: str) -> None:
+        if code != "superseded":
+            self.recent_errors.appendleft({"at": time.time(), "model": model, "code": code, "message": message})
+
+    def fps(self, model: str, window: float = 5.0) -> float:
+        now = time.monotonic()
+        recent = [t for t in self._answers.get(model, ()) if now - t <= window]
+        return round(len(recent) / window, 2)
+
+    def snapshot(self) -> dict:
+        loaded = self._registry.loaded_models()
+        models = []
+        for name in sorted(set(loaded) | set(self._answers)):
+            model = loaded.get(name)
+            models.append({
+                "name": name, **self._registry.state_of(name),
+                "version": model.spec.version if model else None,
+                "runtime": model.runtime.name if model else None,
+                "memory_bytes": model.runtime.memory_bytes if model else 0,
+                "queue_depth": model.batcher.depth if model else 0,
+                "fps": self.fps(name),
+            })
+        return {
+            "process": self.process_id, "time": time.time(), "models": models,
+            "cache_bytes": self._cache.total_bytes() if self._cache else 0,
+            "connected_clients": self._metrics.connected,
+            "recent_errors": list(self.recent_errors),
+        }
+
+
+def start_status_feed(socketio, board: StatusBoard, concurrency, interval: float = 1.0) -> None:
+    """Send this process's status to the `monitor` room every `interval` seconds
+    (through the message queue, so dashboards see every process)."""
+
+    def feed():
+        while True:
+            concurrency.sleep(interval)
+            try:
+                socketio.emit("status", board.snapshot(), to="monitor")
+            except Exception:  # e.g. the queue is down: the next tick retries
+                log.debug("status feed failed", exc_info=True)
+
+    concurrency.spawn(feed)
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,193 @@
+"""Socket.IO transport: `frame` and `models` events on the default namespace.
+
+A `frame` is answered with a `label` or `error` event to the sender, or, when
+the client asked for an acknowledgement (`sio.call("frame", ...)`), with the
+same object as the ack instead. Errors never close the connection.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import time
+import socket as _socket
+
+from flask import current_app, request
+from flask_socketio import ConnectionRefusedError  # Socket.IO's own, not the builtin OSError
+
+from .access import OPEN, Grant
+from .dataplane import DataPlane, FrameRequest, safe_frame_id
+from .errors import BadRequest, RateLimited, ServingError, Unauthorized
+from .extensions import socketio
+
+log = logging.getLogger(__name__)
+
+# Whether the event being handled asked for an ack. python-socketio does not
+# tell handlers this, and the protocol answers an ack *instead of* an event,
+# so `track_ack_requests` records it around each event dispatch. A ContextVar
+# is per thread and per green thread, so concurrent handlers don't mix.
+_ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested", default=False)
+
+
+def track_ack_requests(server) -> None:
+    """Wrap the server's event dispatch to note whether an ack was requested."""
+    dispatch = server._handle_event_internal
+
+    def dispatch_tracking_ack(srv, sid, eio_sid, data, namespace, ack_id):
+        token = _ack_requested.set(ack_id is not None)
+        try:
+            return dispatch(srv, sid, eio_sid, data, namespace, ack_id)
+        finally:
+            _ack_requested.reset(token)
+
+    server._handle_event_internal = dispatch_tracking_ack
+
+
+def _reply(event: str, payload: dict):
+    """Answer the sender: as the ack if one was requested, else as an event."""
+    if _ack_requested.get():
+        return payload
+    socketio.emit(event, payload, to=request.sid)
+    return None
+
+
+def _dataplane() -> DataPlane:
+    return current_app.extensions["dataplane"]
+
+
+def model_room(model: str) -> str:
+    """Every client that sent frames for `model` is in this room."""
+    return f"model:{model}"
+
+
+def announce_to_model_users(model: str, payload: dict) -> None:
+    """News about a model (a new version, a failed update) for all its users.
+
+    Local to this process (`ignore_queue`): with several processes each one
+    swaps its own copy and tells its own clients when *they* see the change.
+    """
+    socketio.server.emit("model_status", payload, to=model_room(model), ignore_queue=True)
+
+
+#: Identifies this process in monitor copies (several processes share a queue).
+PROCESS_ID = f"{_socket.gethostname()}:{os.getpid()}"
+
+
+def monitor_room(model: str | None = None) -> str:
+    return f"monitor:{model}" if model else "monitor"
+
+
+def _copy_to_monitors(result: dict) -> None:
+    """A live copy of a prediction for dashboards, from every process (via the queue)."""
+    copy = {key: result[key] for key in ("model", "version", "runtime", "labels", "timing")}
+    copy["process"] = PROCESS_ID
+    socketio.emit("prediction", copy, to=[monitor_room(result["model"]), monitor_room()])
+
+
+def _status_emitter(sid: str):
+    def emit_status(model: str, state: str, progress: float) -> None:
+        socketio.emit("model_status", {"model": model, "state": state, "progress": round(progress, 3)}, to=sid)
+
+    return emit_status
+
+
+def _grant() -> Grant:
+    # The environ is kept for the whole connection, so the grant made at
+    # connect time is seen by every later event of this client.
+    return request.environ.get("webapp.grant", OPEN)
+
+
+@socketio.on("connect")
+def on_connect(auth=None):
+    if _dataplane().draining:
+        raise ConnectionRefusedError("shutting_down")
+    token = auth.get("token") if isinstance(auth, dict) else None
+    grant = current_app.extensions["access"].identify(token)
+    if grant is None:
+        log.info("refused a client: missing or unknown token")
+        raise ConnectionRefusedError("unauthorized")
+    request.environ["webapp.grant"] = grant
+    current_app.extensions["metrics"].connected += 1
+
+
+@socketio.on("disconnect")
+def on_disconnect(*_):
+    current_app.extensions["metrics"].connected -= 1
+
+
+class _TokenBucket:
+    """`rate` frames per second, with bursts of up to one second's worth."""
+
+    def __init__(self, rate: float):
+        self.rate, self.tokens, self.stamp = rate, max(1.0, rate), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+def _check_rate() -> None:
+    rate = float(current_app.config["MAX_FPS_PER_CLIENT"])
+    if rate <= 0:
+        return
+    bucket = request.environ.setdefault("webapp.bucket", _TokenBucket(rate))
+    if not bucket.take():
+        raise RateLimited(f"At most {rate:g} frames per second per client; follow label.hint.interval_ms.")
+
+
+@socketio.on("frame")
+def on_frame(data=None, *extra):
+    dataplane = _dataplane()
+    try:
+        _check_rate()
+        frame = FrameRequest.parse(data, dataplane.default_top_k)
+        _grant().require(frame.model)
+        result = dataplane.predict(frame, client_key=request.sid, on_status=_status_emitter(request.sid))
+        # Joined once the model answered, so unknown names create no rooms.
+        socketio.server.enter_room(request.sid, model_room(frame.model))
+        _copy_to_monitors(result)
+    except ServingError as exc:
+        return _reply("error", exc.to_dict(safe_frame_id(data)))
+    except Exception:
+        log.exception("unexpected error while answering a frame")
+        return _reply("error", {"id": safe_frame_id(data), "code": "internal",
+                                "message": "The server failed on this frame; it has been logged."})
+    return _reply("label", result)
+
+
+@socketio.on("models")
+def on_models(*_args):
+    try:
+        payload = _dataplane().list_models(_grant())
+    except ServingError as exc:
+        return _reply("error", exc.to_dict())
+    return _reply("models", payload)
+
+
+@socketio.on("monitor")
+def on_monitor(data=None, *_):
+    """Join the monitor room: every prediction (of one model, or of all), live."""
+    model = data.get("model") if isinstance(data, dict) else None
+    if model is not None and not isinstance(model, str):
+        return _reply("error", BadRequest("'model' must be a string.").to_dict())
+    if current_app.extensions["access"].enabled and not _grant().admin:
+        return _reply("error", Unauthorized("The monitor room needs the admin token.").to_dict())
+    room = monitor_room(model)
+    socketio.server.enter_room(request.sid, room)
+    return _reply("monitoring", {"room": room, "process": PROCESS_ID})
+
+
+@socketio.on_error_default
+def on_unexpected_error(exc):
+    """Any other handler failing: tell the sender, keep the connection."""
+    log.exception("unexpected error in a Socket.IO handler")
+    if isinstance(exc, ServingError):
+        return _reply("error", exc.to_dict())
+    return _reply("error", {"id": None, "code": "internal",
+                            "message": "The server failed on this event; it has been logged."})

@@ -70,6 +70,15 @@ def test_predict_raw_image_body(server):
     assert response.status_code == 200, response.text
 
 
+def test_predict_chunked_upload(server):
+    """A body sent with Transfer-Encoding: chunked (no Content-Length), as streaming clients do."""
+    jpeg = encode(shape_image("square", seed=2))
+    response = requests.post(predict_url(server), data=iter([jpeg[:1000], jpeg[1000:]]),
+                             headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["labels"][0]["label"] == "square"
+
+
 def test_predict_errors(server):
     jpeg = encode(noise_image())
     assert_error(requests.post(predict_url(server), files={"other": ("a", jpeg)}, timeout=10), 400, "bad_request")

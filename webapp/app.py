@@ -19,6 +19,7 @@ from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .operations import StatusBoard
 from .registry import ModelRegistry
+from .socket_packets import BoundedPacket, quiet_malformed_packets
 from .store import open_store
 
 
@@ -70,10 +71,12 @@ def create_app(config: dict | None = None) -> Flask:
         cors_allowed_origins=("*" if origins == ["*"] else origins) or None,
         cors_credentials=settings["CORS_CREDENTIALS"],
         message_queue=settings["MESSAGE_QUEUE"] or None,
+        serializer=BoundedPacket,  # refuses events with more binaries than a frame carries
         channel="webapp-socketio",
         max_http_buffer_size=socketio_buffer_limit(settings["MAX_FRAME_BYTES"]),
     )
     socket_events.track_ack_requests(socketio.server)
+    quiet_malformed_packets()
     registry.announce = socket_events.announce_to_model_users
     if origins:
         from flask_cors import CORS

@@ -15,11 +15,13 @@ import socket as _socket
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError  # Socket.IO's own, not the builtin OSError
+from socketio import packet
 
 from .access import OPEN, Grant
 from .dataplane import DataPlane, FrameRequest, safe_frame_id
 from .errors import BadRequest, RateLimited, ServingError, Unauthorized
 from .extensions import socketio
+from .socket_packets import RefusedAttachments
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +33,23 @@ _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_reque
 
 
 def track_ack_requests(server) -> None:
-    """Wrap the server's event dispatch to note whether an ack was requested."""
+    """Wrap the server's event dispatch to note whether an ack was requested.
+
+    It also answers events whose binary attachments were refused (see
+    `socket_packets`) without running their handler.
+    """
     dispatch = server._handle_event_internal
 
     def dispatch_tracking_ack(srv, sid, eio_sid, data, namespace, ack_id):
+        if len(data) > 1 and isinstance(data[1], RefusedAttachments):
+            log.info("refused an event: it declared %d binary attachments", data[1].declared)
+            answer = BadRequest(data[1].message()).to_dict()
+            if ack_id is not None:
+                srv._send_packet(eio_sid, srv.packet_class(packet.ACK, namespace=namespace, id=ack_id,
+                                                           data=[answer]))
+            else:
+                srv.emit("error", answer, to=sid, namespace=namespace)
+            return None
         token = _ack_requested.set(ack_id is not None)
         try:
             return dispatch(srv, sid, eio_sid, data, namespace, ack_id)

@@ -115,4 +115,5 @@ def open_loop(url: str, model: str, image: bytes, clients: int, rate: float, dur
             "answered": len(latencies), **_percentiles(latencies),
             "superseded": codes.get("superseded", 0),
             "errors": sum(codes.values()) - codes.get("superseded", 0),
+            "error_codes": {code: n for code, n in codes.items() if code != "superseded"},
             "never_answered": len(sent), "rss_mb": rss_samples}

@@ -49,8 +49,10 @@ def _run_eventlet(overrides: dict, settings: dict) -> None:
     import logging
 
     from .. import create_app, socketio
+    from ..eventlet_patches import terminate_chunked_input
 
     app = create_app(overrides)
+    app.wsgi_app = terminate_chunked_input(app.wsgi_app)
     app.extensions["lifecycle"].install_signal_handler()
     logging.getLogger("webapp").info(
         "serving on http://%s:%d (eventlet)", settings["HOST"], settings["PORT"])

@@ -13,5 +13,6 @@ In one run on one machine it measures, for each model and async mode:
 
 It prints a table with the ratios server/limit and server/naive and writes a
 JSON report. `--quick` is a smoke run (demo model only, short phases).
+`--soak SECONDS` runs a steady load at 80% of capacity instead (`soak.py`).
 Timings on a shared 2-core machine are noisy: compare ratios within one run.
 """

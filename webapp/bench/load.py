@@ -68,6 +68,7 @@ def open_loop(url: str, model: str, image: bytes, clients: int, rate: float, dur
     sent: dict[tuple[int, int], float] = {}
     latencies: list[float] = []
     codes: Counter = Counter()
+    messages: dict[str, str] = {}  # one example message per error code, for the report
     lock = threading.Lock()
 
     for index, sio in enumerate(connections):
@@ -81,6 +82,7 @@ def open_loop(url: str, model: str, image: bytes, clients: int, rate: float, dur
         def on_error(data, index=index):
             with lock:
                 codes[data["code"]] += 1
+                messages.setdefault(data["code"], data.get("message"))
                 sent.pop((index, data.get("id")), None)
 
         sio.on("label", on_label)
@@ -116,4 +118,5 @@ def open_loop(url: str, model: str, image: bytes, clients: int, rate: float, dur
             "superseded": codes.get("superseded", 0),
             "errors": sum(codes.values()) - codes.get("superseded", 0),
             "error_codes": {code: n for code, n in codes.items() if code != "superseded"},
+            "error_examples": {code: m for code, m in messages.items() if code != "superseded"},
             "never_answered": len(sent), "rss_mb": rss_samples}

@@ -10,10 +10,16 @@ def register(sub) -> None:
     parser.add_argument("--clients", default="1,4,8,16", help="concurrent clients per point")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement point")
     parser.add_argument("--out", default="bench-report.json", help="where to write the JSON report")
+    parser.add_argument("--soak", type=float, metavar="SECONDS",
+                        help="instead: steady load at 80%% of capacity for SECONDS (first of --modes)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.soak:
+        from ..bench.soak import run as run_soak
+
+        return run_soak(args)
     from ..bench.run import run as run_bench
 
     return run_bench(args)

@@ -52,6 +52,24 @@ def slow_cnn(size=320, depth=7, filters=128):
     return keras.Model(inputs, outputs)
 
 
+def exploding_cnn(input_shape=(16, 16, 3)):
+    """A model that raises at inference on bright images, and only on them.
+
+    It multiplies its scores by a row of the identity matrix picked by the
+    image's mean pixel value: row 0 for dark images (and the all-zero warm-up
+    batch), an index out of range (a gather error) for bright ones. No custom
+    layer, so it loads anywhere; it fails at run time, as buggy models do.
+    """
+    keras = _keras()
+    from keras import ops
+
+    inputs = keras.Input(input_shape)
+    scores = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+    row = ops.cast(ops.mean(inputs, axis=(1, 2, 3)), "int32")
+    picked = ops.take(ops.eye(3), row, axis=0)
+    return keras.Model(inputs, keras.layers.Multiply()([scores, picked]))
+
+
 def save_directory_model(root: Path, name: str, model, labels=None, meta=None, labels_format="txt",
                          filename="model.keras") -> Path:
     folder = root / name

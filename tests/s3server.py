@@ -3,11 +3,15 @@
 The server is moto's own WSGI application (what `moto_server` runs), served by
 werkzeug in a thread of the test process, behind a middleware that records
 every request. Tests assert on those counts: "exactly one GET of the model".
+The middleware can also break downloads of chosen objects the way networks
+do: `stall` sends half the body and then nothing, `reset` sends half and
+drops the connection.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 
@@ -30,12 +34,24 @@ class CountingS3Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = None
+        #: "/bucket/key" -> "stall" | "reset", applied to GETs of that object.
+        self.faults: dict[str, str] = {}
 
     def _counting(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
         with self._lock:
-            self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
-                                  environ.get("QUERY_STRING", "")))
-        return self._app(environ, start_response)
+            self.requests.append((environ["REQUEST_METHOD"], path, environ.get("QUERY_STRING", "")))
+            fault = self.faults.get(path) if environ["REQUEST_METHOD"] == "GET" else None
+        body = self._app(environ, start_response)
+        return self._broken(body, fault) if fault else body
+
+    @staticmethod
+    def _broken(body, fault: str):
+        data = b"".join(body)
+        yield data[: len(data) // 2]
+        if fault == "stall":
+            time.sleep(60)  # far beyond any read timeout the tests set
+        raise ConnectionResetError(f"injected fault: {fault}")  # werkzeug drops the connection
 
     def start(self) -> "CountingS3Server":
         self._server = make_server("127.0.0.1", self.port, self._counting, threaded=True)

@@ -161,10 +161,14 @@ class ModelBatcher:
             inputs = np.stack([ticket.tensor for ticket in batch])
             outputs = self._concurrency.run_blocking(self._predict, inputs)
         except Exception as exc:  # a model that raises must not kill the worker
-            log.exception("model %s failed on a batch of %d", self.name, len(batch))
-            error = ModelUnavailable(f"Model '{self.name}' failed on this frame: {type(exc).__name__}.")
-            for ticket in batch:
-                ticket.fail(error)
+            if len(batch) > 1:
+                # One client's frame must not fail the others batched with it:
+                # run them one by one, so only the frames that fail get an error.
+                for ticket in batch:
+                    self._run_batch([ticket])
+                return
+            log.warning("model %s failed on a frame: %s: %.300s", self.name, type(exc).__name__, exc)
+            batch[0].fail(ModelUnavailable(f"Model '{self.name}' failed on this frame: {type(exc).__name__}."))
             return
         elapsed = time.perf_counter() - started
         self.calls += 1

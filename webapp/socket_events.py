@@ -59,11 +59,20 @@ def track_ack_requests(server) -> None:
     server._handle_event_internal = dispatch_tracking_ack
 
 
+def _emit_to_client(sid: str, event: str, payload: dict) -> None:
+    """An event for one client of this process, never through the message queue.
+
+    The client is connected here, so the queue would only add a Redis round
+    trip per frame, and a Redis outage would silently swallow the answers.
+    """
+    socketio.server.emit(event, payload, to=sid, ignore_queue=True)
+
+
 def _reply(event: str, payload: dict):
     """Answer the sender: as the ack if one was requested, else as an event."""
     if _ack_requested.get():
         return payload
-    socketio.emit(event, payload, to=request.sid)
+    _emit_to_client(request.sid, event, payload)
     return None
 
 
@@ -102,7 +111,7 @@ def _copy_to_monitors(result: dict) -> None:
 
 def _status_emitter(sid: str):
     def emit_status(model: str, state: str, progress: float) -> None:
-        socketio.emit("model_status", {"model": model, "state": state, "progress": round(progress, 3)}, to=sid)
+        _emit_to_client(sid, "model_status", {"model": model, "state": state, "progress": round(progress, 3)})
 
     return emit_status
 
@@ -164,9 +173,13 @@ def on_frame(data=None, *extra):
         frame = FrameRequest.parse(data, dataplane.default_top_k)
         _grant().require(frame.model)
         result = dataplane.predict(frame, client_key=request.sid, on_status=_status_emitter(request.sid))
-        # Joined once the model answered, so unknown names create no rooms.
-        socketio.server.enter_room(request.sid, model_room(frame.model))
         _copy_to_monitors(result)
+        try:
+            # Joined once the model answered, so unknown names create no rooms.
+            socketio.server.enter_room(request.sid, model_room(frame.model))
+        except KeyError:  # python-socketio's answer for a client that left meanwhile
+            log.debug("client %s left before its frame was answered", request.sid)
+            return None
     except ServingError as exc:
         return _reply("error", exc.to_dict(safe_frame_id(data)))
     except Exception:

@@ -15,8 +15,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from serverproc import ServerProcess
+
+# Fuzzing is reproducible: the same inputs on every run and in CI (no example
+# database carried between runs). HYPOTHESIS_PROFILE=explore for new inputs.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL = ROOT / "models" / "shapes"

@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from .dataplane import DataPlane, FrameRequest
 from .access import Grant
 from .errors import BadRequest, ServingError, TooLarge, Unauthorized
+from .openapi import openapi_document
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -38,6 +39,11 @@ def request_grant() -> Grant:
     if grant is None:
         raise Unauthorized("A valid token is required (Authorization: Bearer ...).")
     return grant
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document())
 
 
 @bp.get("/models")

@@ -77,13 +77,14 @@ def image(request, podman_ready) -> str:
 
 def record_sizes(target: str, tag: str) -> None:
     """The installed size of the target's Python packages and of the whole image."""
-    venv_mb = int(podman("run", "--rm", "--no-healthcheck", tag, "du", "-sm", "/venv").stdout.split()[0])
+    venv_kib = int(podman("run", "--rm", "--no-healthcheck", tag, "du", "-sk", "/venv").stdout.split()[0])
     image_bytes = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout)
     sizes = json.loads(SIZES.read_text()) if SIZES.exists() else {}
-    sizes[target] = {"packages_mb": venv_mb, "image_mb": round(image_bytes / 1e6)}
+    # MB = 10^6 bytes, as `podman images` and `docker images` show them.
+    sizes[target] = {"packages_mb": round(venv_kib * 1024 / 1e6), "image_mb": round(image_bytes / 1e6)}
     SIZES.parent.mkdir(exist_ok=True)
     SIZES.write_text(json.dumps(sizes, indent=2) + "\n")
-    print(f"{tag}: packages (/venv) {venv_mb} MB, image {image_bytes / 1e6:.0f} MB")
+    print(f"{tag}: packages (/venv) {sizes[target]['packages_mb']} MB, image {sizes[target]['image_mb']} MB")
 
 
 @dataclass
@@ -164,17 +165,14 @@ def test_sigterm_drains_then_exits_0(image):
     try:
         with Client(container.url) as client:
             assert client.call("frame", {"model": "shapes", "image": encode(shape_image("star"))})["labels"]
-            started = time.monotonic()
             podman("kill", "--signal", "TERM", container.id)
             # Container hosts send SIGKILL 25-30 s after SIGTERM.
             exit_code = podman("wait", container.id, timeout=25).stdout.strip()
-            elapsed = time.monotonic() - started
             assert exit_code == "0", container.logs()
             # The server closed the client's connection itself before exiting.
             assert not client.connected
         logs = container.logs()
         assert "SIGTERM: refusing new connections and frames" in logs, logs
         assert "shutdown: 0 frames left unanswered, 1 connections closed" in logs, logs
-        assert elapsed < 25
     finally:
         podman("rm", "-f", "-t", "0", container.id)

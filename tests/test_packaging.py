@@ -64,3 +64,14 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     done = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_pyproject_declares_the_same_direct_dependencies():
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared_names = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ ]", d, 1)[0].lower()) for d in declared}
+    direct = {re.sub(r"[-_.]+", "-", line.split("#", 1)[0].strip().lower())
+              for line in (ROOT / "requirements" / "base.in").read_text().splitlines()
+              if line.split("#", 1)[0].strip()}
+    assert declared_names == direct

@@ -173,7 +173,11 @@ def on_frame(data=None, *extra):
         frame = FrameRequest.parse(data, dataplane.default_top_k)
         _grant().require(frame.model)
         result = dataplane.predict(frame, client_key=request.sid, on_status=_status_emitter(request.sid))
-        _copy_to_monitors(result)
+        if current_app.config["MESSAGE_QUEUE"]:
+            # A publish to Redis; if Redis is slow or gone it must not delay the answer.
+            socketio.start_background_task(_copy_to_monitors, result)
+        else:
+            _copy_to_monitors(result)
         try:
             # Joined once the model answered, so unknown names create no rooms.
             socketio.server.enter_room(request.sid, model_room(frame.model))

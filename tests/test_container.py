@@ -169,7 +169,11 @@ def test_sigterm_drains_then_exits_0(image):
             # Container hosts send SIGKILL 25-30 s after SIGTERM.
             exit_code = podman("wait", container.id, timeout=25).stdout.strip()
             assert exit_code == "0", container.logs()
-            # The server closed the client's connection itself before exiting.
+            # The server closed the client's connection itself before exiting (the
+            # client notices on its own thread, so give it a moment).
+            deadline = time.monotonic() + 5
+            while client.connected and time.monotonic() < deadline:
+                time.sleep(0.1)
             assert not client.connected
         logs = container.logs()
         assert "SIGTERM: refusing new connections and frames" in logs, logs

@@ -265,7 +265,7 @@ def test_an_event_with_more_binaries_than_a_frame_carries_is_refused(user):
     assert answer["code"] == "bad_request" and "attachment" in answer["message"]
     user.emit("frame", frame(image, id="many", extra=[b"x"] * 20))
     error = user.next("error")
-    assert error["code"] == "bad_request" and "declared 21" in error["message"]
+    assert error["code"] == "bad_request" and "declared 21" in error["message"] and error["id"] == "many"
     assert top(user.call("frame", frame(image))) == "circle"
 
 

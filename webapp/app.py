@@ -92,8 +92,10 @@ def create_app(config: dict | None = None) -> Flask:
         operations.start_status_feed(socketio, board, concurrency)
         if settings["MESSAGE_QUEUE"]:
             from .messaging import ControlListener
+            from .monitor_feed import MonitorFeed
 
             ControlListener(settings["MESSAGE_QUEUE"], registry, concurrency).start()
+            app.extensions["monitor_feed"] = MonitorFeed(socket_events.publish_monitor_copy, concurrency)
     return app
 
 

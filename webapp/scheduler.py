@@ -93,6 +93,7 @@ class ModelBatcher:
         self.mean_frame_seconds = 0.0
         self.calls = 0
         self._last_seen: dict[object, float] = {}
+        self._failure_logged = False
 
     @property
     def depth(self) -> int:
@@ -167,7 +168,10 @@ class ModelBatcher:
                 for ticket in batch:
                     self._run_batch([ticket])
                 return
-            log.warning("model %s failed on a frame: %s: %.300s", self.name, type(exc).__name__, exc)
+            # The traceback once per model, then one line per failing frame.
+            log.warning("model %s failed on a frame: %s: %.300s", self.name, type(exc).__name__, exc,
+                        exc_info=not self._failure_logged)
+            self._failure_logged = True
             batch[0].fail(ModelUnavailable(f"Model '{self.name}' failed on this frame: {type(exc).__name__}."))
             return
         elapsed = time.perf_counter() - started

@@ -43,12 +43,12 @@ def track_ack_requests(server) -> None:
     def dispatch_tracking_ack(srv, sid, eio_sid, data, namespace, ack_id):
         if len(data) > 1 and isinstance(data[1], RefusedAttachments):
             log.info("refused an event: it declared %d binary attachments", data[1].declared)
-            answer = BadRequest(data[1].message()).to_dict()
+            answer = BadRequest(data[1].message()).to_dict(safe_frame_id({"id": data[1].frame_id}))
             if ack_id is not None:
                 srv._send_packet(eio_sid, srv.packet_class(packet.ACK, namespace=namespace, id=ack_id,
                                                            data=[answer]))
             else:
-                srv.emit("error", answer, to=sid, namespace=namespace)
+                _emit_to_client(sid, "error", answer)
             return None
         token = _ack_requested.set(ack_id is not None)
         try:
@@ -102,11 +102,20 @@ def monitor_room(model: str | None = None) -> str:
     return f"monitor:{model}" if model else "monitor"
 
 
+def publish_monitor_copy(copy: dict) -> None:
+    """Send a prediction copy to the monitor rooms of every process (via the queue, if any)."""
+    socketio.emit("prediction", copy, to=[monitor_room(copy["model"]), monitor_room()])
+
+
 def _copy_to_monitors(result: dict) -> None:
-    """A live copy of a prediction for dashboards, from every process (via the queue)."""
+    """A live copy of a prediction for dashboards, from every process."""
     copy = {key: result[key] for key in ("model", "version", "runtime", "labels", "timing")}
     copy["process"] = PROCESS_ID
-    socketio.emit("prediction", copy, to=[monitor_room(result["model"]), monitor_room()])
+    feed = current_app.extensions.get("monitor_feed")
+    if feed is not None:
+        feed.put(copy)  # a message queue: published off the frame's path
+    else:
+        publish_monitor_copy(copy)
 
 
 def _status_emitter(sid: str):
@@ -173,11 +182,7 @@ def on_frame(data=None, *extra):
         frame = FrameRequest.parse(data, dataplane.default_top_k)
         _grant().require(frame.model)
         result = dataplane.predict(frame, client_key=request.sid, on_status=_status_emitter(request.sid))
-        if current_app.config["MESSAGE_QUEUE"]:
-            # A publish to Redis; if Redis is slow or gone it must not delay the answer.
-            socketio.start_background_task(_copy_to_monitors, result)
-        else:
-            _copy_to_monitors(result)
+        _copy_to_monitors(result)
         try:
             # Joined once the model answered, so unknown names create no rooms.
             socketio.server.enter_room(request.sid, model_room(frame.model))

@@ -27,8 +27,9 @@ MAX_ATTACHMENTS = 1
 class RefusedAttachments:
     """Stands in for the arguments of an event whose attachments were refused."""
 
-    def __init__(self, declared: int):
+    def __init__(self, declared: int, frame_id=None):
         self.declared = declared
+        self.frame_id = frame_id  # echoed in the error, as for any refused frame
 
     def message(self) -> str:
         return (f"An event may carry at most {MAX_ATTACHMENTS} binary attachment "
@@ -52,7 +53,11 @@ class BoundedPacket(packet.Packet):
         if self._dropped < self.attachment_count:
             return False
         event = self.data[0] if isinstance(self.data, list) and self.data else None
-        self.data = [event, RefusedAttachments(self.attachment_count)]
+        header = self.data[1] if isinstance(self.data, list) and len(self.data) > 1 else None
+        frame_id = header.get("id") if isinstance(header, dict) else None
+        if isinstance(frame_id, bool) or not isinstance(frame_id, (str, int, float)):
+            frame_id = None
+        self.data = [event, RefusedAttachments(self.attachment_count, frame_id)]
         return True
 
 
@@ -66,14 +71,28 @@ class MalformedPacketLog(logging.Filter):
     sent a malformed packet: worth a line, not a page per packet.
     """
 
+    #: Where a parse failure is raised: the packet parser, the JSON decoder,
+    #: or python-socketio's dispatch of a packet with no event in it.
+    PARSER_FILES = ("socketio/packet.py", "json/decoder.py", "json/__init__.py", "socketio/server.py")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage() == "message handler error" and record.exc_info:
+        if record.getMessage() == "message handler error" and record.exc_info and self._raised_by_parser(record):
             exc = record.exc_info[1]
             record.msg, record.args = "dropped a malformed Socket.IO packet from a client: %s: %.200s", (
                 type(exc).__name__, exc)
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
         return True
+
+    def _raised_by_parser(self, record: logging.LogRecord) -> bool:
+        """Only failures raised inside the parser itself: a bug anywhere else
+        (connect handling, the client manager, our code) keeps its traceback."""
+        tb = record.exc_info[2]
+        if tb is None:
+            return False
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith(self.PARSER_FILES)
 
 
 def quiet_malformed_packets() -> None:

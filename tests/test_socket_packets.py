@@ -27,5 +27,5 @@ def test_declared_attachments_beyond_one_are_counted_never_kept():
     assert packet.add_attachment(chunk) is True
     event, refused = packet.data
     assert event == "frame" and isinstance(refused, RefusedAttachments)
-    assert refused.declared == 10_000 and refused.frame_id == "f-1"
+    assert refused.declared == 10_000 and refused.header["id"] == "f-1"
     assert "at most 1" in refused.message() and "10000" in refused.message()

@@ -43,7 +43,7 @@ def track_ack_requests(server) -> None:
     def dispatch_tracking_ack(srv, sid, eio_sid, data, namespace, ack_id):
         if len(data) > 1 and isinstance(data[1], RefusedAttachments):
             log.info("refused an event: it declared %d binary attachments", data[1].declared)
-            answer = BadRequest(data[1].message()).to_dict(safe_frame_id({"id": data[1].frame_id}))
+            answer = BadRequest(data[1].message()).to_dict(safe_frame_id(data[1].header))
             if ack_id is not None:
                 srv._send_packet(eio_sid, srv.packet_class(packet.ACK, namespace=namespace, id=ack_id,
                                                            data=[answer]))

@@ -27,9 +27,11 @@ MAX_ATTACHMENTS = 1
 class RefusedAttachments:
     """Stands in for the arguments of an event whose attachments were refused."""
 
-    def __init__(self, declared: int, frame_id=None):
+    def __init__(self, declared: int, header=None):
         self.declared = declared
-        self.frame_id = frame_id  # echoed in the error, as for any refused frame
+        #: The event's first argument with its binaries left out: the frame's
+        #: id in it is echoed in the error, as for any refused frame.
+        self.header = header
 
     def message(self) -> str:
         return (f"An event may carry at most {MAX_ATTACHMENTS} binary attachment "
@@ -54,10 +56,7 @@ class BoundedPacket(packet.Packet):
             return False
         event = self.data[0] if isinstance(self.data, list) and self.data else None
         header = self.data[1] if isinstance(self.data, list) and len(self.data) > 1 else None
-        frame_id = header.get("id") if isinstance(header, dict) else None
-        if isinstance(frame_id, bool) or not isinstance(frame_id, (str, int, float)):
-            frame_id = None
-        self.data = [event, RefusedAttachments(self.attachment_count, frame_id)]
+        self.data = [event, RefusedAttachments(self.attachment_count, header)]
         return True
 
 

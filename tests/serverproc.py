@@ -23,6 +23,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_health(url: str, timeout: float, still_starting) -> bool:
+    """Poll `url`/healthz until it answers 200 (True) or `timeout` passes (False).
+
+    `still_starting()` is called before each try and raises if the server
+    died meanwhile, so a crash is reported at once with its log.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        still_starting()
+        try:
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 class ServerProcess:
     """`python -m webapp serve` on a free loopback port."""
 
@@ -41,16 +59,13 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def still_starting():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
+
+        if wait_for_health(self.url, timeout, still_starting):
+            return self
         raise RuntimeError(f"server did not answer /healthz in {timeout}s:\n{self.log()}")
 
     def wait_ready(self, timeout: float = 120.0) -> None:

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from images import encode, shape_image
-from serverproc import ROOT, Client, free_port
+from serverproc import ROOT, Client, free_port, wait_for_health
 
 SETUP = ROOT / "deploy" / "podman" / "setup.sh"
 PODMAN_DIR = "/tmp/webapp-podman"
@@ -104,17 +104,14 @@ def start(image: str, timeout: float = 60) -> Container:
     cid = podman("run", "-d", "--network", "host", "--label", LABEL, "--health-interval", "disable",
                  "-e", f"PORT={port}", image).stdout.strip()
     container = Container(cid, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def still_starting():
         state = podman("inspect", "--format", "{{.State.Status}}", cid).stdout.strip()
         if state != "running":
             raise AssertionError(f"container {state} before answering:\n{container.logs()}")
-        try:
-            if requests.get(container.url + "/healthz", timeout=1).status_code == 200:
-                return container
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
+
+    if wait_for_health(container.url, timeout, still_starting):
+        return container
     raise AssertionError(f"no /healthz answer in {timeout}s:\n{container.logs()}")
 
 

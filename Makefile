@@ -16,15 +16,22 @@ run: $(VENV)/.base-installed
 test: $(VENV)/.test-installed system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The quick subset while developing (under a minute): `-m quick` modules only.
+test-fast: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m quick $(PYTEST_ARGS)
+
 $(VENV)/.python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
 	  { echo "Python 3.11 is required (found $$($(PYTHON) --version)); set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	touch $@
 
-$(VENV)/.base-installed: $(VENV)/.python requirements/base.txt pyproject.toml
+# The server, and the Python client package that `webapp predict`/`stream` are
+# built on; the client's dependencies are in the lock.
+$(VENV)/.base-installed: $(VENV)/.python requirements/base.txt pyproject.toml clients/python/pyproject.toml
 	$(PIP) install -r requirements/base.txt
 	$(PIP) install --no-deps -e .
+	$(PIP) install --no-deps -e ./clients/python
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.base-installed requirements/test.txt requirements/test-nodeps.txt
@@ -32,12 +39,14 @@ $(VENV)/.test-installed: $(VENV)/.base-installed requirements/test.txt requireme
 	$(PIP) install --no-deps -r requirements/test-nodeps.txt
 	touch $@
 
-# What the tests drive besides Python: headless Chromium and its driver
-# (Debian packages, installed when missing; needs root, as in CI), and
+# What the tests drive besides Python: headless Chromium and its driver and
+# redis-server (Debian packages, installed when missing; needs root, as in CI;
+# the tests start their own redis-server on a free port), and
 # Node.js with the official Socket.IO client (examples/node, from its lock).
 system-deps: examples/node/node_modules/.package-lock.json
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update && apt-get install -y chromium chromium-driver; }
+	@command -v redis-server >/dev/null || { apt-get update && apt-get install -y redis-server; }
 
 examples/node/node_modules/.package-lock.json: examples/node/package-lock.json
 	@command -v node >/dev/null || { apt-get update && apt-get install -y nodejs npm; }

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from serverproc import ServerProcess
+from redisproc import RedisServer
+from serverproc import OwnedProcess, ServerProcess
 
 # Fuzzing is reproducible: the same inputs on every run and in CI (no example
 # database carried between runs). HYPOTHESIS_PROFILE=explore for new inputs.
@@ -58,16 +59,32 @@ def model_store(tmp_path_factory) -> Path:
 def server(request, model_store, tmp_path_factory):
     """The real server in each async mode, serving `model_store`."""
     workdir = tmp_path_factory.mktemp(f"server-{request.param}")
-    proc = ServerProcess(
+    with ServerProcess(
         async_mode=request.param,
         env={"MODEL_STORE": str(model_store), "DEFAULT_MODEL": "shapes",
              "MODEL_CACHE_DIR": str(workdir / "cache")},
         log_dir=workdir,
-    )
-    proc.start()
-    proc.wait_ready()
-    yield proc
-    proc.stop()
+    ) as proc:
+        proc.start()
+        proc.wait_ready()
+        yield proc
+
+
+@pytest.fixture
+def s3():
+    """moto's S3 server of the test's own, counting the requests it receives."""
+    from s3server import CountingS3Server
+
+    server = CountingS3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A redis-server of the suite's own on a free port (never the machine's)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")).start() as redis_server:
+        yield redis_server.url
 
 
 @pytest.fixture
@@ -84,6 +101,17 @@ def app(tmp_path):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a server or redis-server the tests started is still alive."""
+    leaked = [owned for owned in list(OwnedProcess.live) if owned.group_alive()]
+    for owned in list(OwnedProcess.live):
+        owned.kill_group()
+    if leaked:
+        names = ", ".join(f"{type(p).__name__} pid {p.proc.pid}" for p in leaked)
+        session.config.get_terminal_writer().line(f"\nLEAKED processes, killed at session end: {names}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_configure(config):

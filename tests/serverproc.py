@@ -41,7 +41,54 @@ def wait_for_health(url: str, timeout: float, still_starting) -> bool:
     return False
 
 
-class ServerProcess:
+class OwnedProcess:
+    """A process the tests started: owned from the moment it is spawned.
+
+    It runs in its own process group, so stopping it also stops what it
+    started (gunicorn's worker). Every one still alive when the session ends
+    is killed there and fails the run (conftest.py), so a test that forgets
+    to stop one, or fails before it could, is caught instead of leaking.
+    """
+
+    live: set["OwnedProcess"] = set()
+
+    proc: subprocess.Popen | None = None
+
+    def spawn(self, command: list[str], **kwargs) -> subprocess.Popen:
+        self.proc = subprocess.Popen(command, start_new_session=True, **kwargs)
+        OwnedProcess.live.add(self)
+        return self.proc
+
+    def kill_group(self, sig=signal.SIGKILL) -> None:
+        if self.proc is not None:
+            try:  # even if the leader is gone: what it started may remain in its group
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(10)
+        OwnedProcess.live.discard(self)
+
+    def group_alive(self) -> bool:
+        """Whether the process or anything in its group is still running."""
+        if self.proc is None:
+            return False
+        try:
+            os.killpg(self.proc.pid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.kill_group()
+
+
+class ServerProcess(OwnedProcess):
     """`python -m webapp serve` on a free loopback port."""
 
     def __init__(self, async_mode: str = "eventlet", env: dict | None = None, log_dir: Path | None = None,
@@ -57,24 +104,40 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> "ServerProcess":
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.spawn(self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
 
         def still_starting():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
 
-        if wait_for_health(self.url, timeout, still_starting):
-            return self
-        raise RuntimeError(f"server did not answer /healthz in {timeout}s:\n{self.log()}")
+        try:
+            if wait_for_health(self.url, timeout, still_starting):
+                return self
+            raise RuntimeError(f"server did not answer /healthz in {timeout}s:\n{self.log()}")
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait for /readyz; a server that never gets ready is stopped, then reported."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if requests.get(self.url + "/readyz", timeout=5).status_code == 200:
-                return
+            try:
+                if requests.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
             time.sleep(0.2)
-        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
+        log = self.log()
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout}s:\n{log}")
+
+    @property
+    def serving_pid(self) -> int:
+        """The process that holds connections and models: the server itself
+        (eventlet), or gunicorn's one worker (threading)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return int(children[0]) if children else self.proc.pid
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -83,6 +146,7 @@ class ServerProcess:
         self.proc.send_signal(sig)
 
     def stop(self) -> int | None:
+        """SIGTERM (the server drains), then SIGKILL to the whole group after 15 s."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -90,10 +154,11 @@ class ServerProcess:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                pass
+        returncode = self.proc.returncode
+        self.kill_group()  # and anything it left in its group
         self._log.close()
-        return self.proc.returncode
+        return returncode
 
     def client(self, **kwargs) -> "Client":
         return Client(self.url, **kwargs)

@@ -13,6 +13,8 @@ import socketio
 from images import encode, shape_image
 from serverproc import ROOT, Client, ServerProcess
 
+pytestmark = pytest.mark.quick  # in `make test-fast`
+
 TOKENS = {"token-a": ["shapes"], "token-b": ["tin*"]}
 ADMIN = "admin-secret"
 

@@ -43,7 +43,8 @@ def circle_clip(tmp_path_factory) -> Path:
     return write_y4m(tmp_path_factory.mktemp("clip") / "circle.y4m", frames)
 
 
-def chromium(extra_args=()):
+def chromium(extra_args=(), window=(420, 900), mobile=None):
+    """Headless Chromium; `mobile` is chromedriver's mobileEmulation (e.g. a phone's deviceMetrics)."""
     assert CHROMIUM and CHROMEDRIVER, "make test installs chromium and chromium-driver"
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -52,8 +53,10 @@ def chromium(extra_args=()):
     options.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                "--window-size=420,900", *extra_args):
+                f"--window-size={window[0]},{window[1]}", *extra_args):
         options.add_argument(arg)
+    if mobile:
+        options.add_experimental_option("mobileEmulation", mobile)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 

@@ -1,4 +1,5 @@
-"""The faster websocket unmasking gives exactly eventlet's own results.
+"""eventlet_patches: the faster unmasking gives exactly eventlet's own results, messages are
+bounded across fragments, and a moved internal fails loudly (simple-websocket's bound too).
 
 Compared in a subprocess: importing eventlet into the test process would
 change how the other tests' clients behave.
@@ -9,13 +10,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from serverproc import ROOT
+
+pytestmark = pytest.mark.quick  # in `make test-fast`
 
 COMPARE = """
 import os, random, warnings
 warnings.simplefilter("ignore")
 from eventlet.websocket import RFC6455WebSocket
 from webapp.eventlet_patches import apply_mask
+
 original = RFC6455WebSocket.__dict__["_apply_mask"].__func__
 cases = 0
 for size in (0, 1, 3, 4, 5, 1000, 65537):
@@ -34,3 +40,58 @@ def test_same_as_eventlets_byte_loop():
     done = subprocess.run([sys.executable, "-c", COMPARE], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "35"
+
+
+BOUND = """
+import warnings
+warnings.simplefilter("ignore")
+from eventlet import websocket
+from webapp.eventlet_patches import check_internals, install
+install()
+install()  # idempotent
+message = websocket.RFC6455WebSocket.Message(2, 10)
+message.push(b"x" * 6)
+try:
+    message.push(b"x" * 6, final=True)
+except websocket.FailedConnectionError as exc:
+    print(exc.status)
+
+class Moved:
+    FailedConnectionError = websocket.FailedConnectionError
+try:
+    check_internals(Moved)
+except RuntimeError as exc:
+    print("loud:", "RFC6455WebSocket" in str(exc))
+"""
+
+
+def test_messages_are_bounded_across_fragments_and_a_moved_internal_fails_loudly():
+    done = subprocess.run([sys.executable, "-c", BOUND], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["1009", "loud: True"]
+
+
+SIMPLE_WEBSOCKET = """
+import engineio
+from webapp.server import simple_websocket_patches as patches
+eio = engineio.Server(async_mode="threading", max_http_buffer_size=1234)
+shared = eio._async
+patches.install(eio)
+patches.install(eio)
+print(eio._async["websocket"] is patches.BoundedWebSocketWSGI, shared["websocket"] is not patches.BoundedWebSocketWSGI)
+ws = patches.BoundedWebSocketWSGI(None, eio)
+print(ws.server_args)
+other = engineio.Server(async_mode="threading")
+other._async = {**other._async, "websocket": object}
+try:
+    patches.install(other)
+except RuntimeError as exc:
+    print("loud:", "SimpleWebSocketWSGI" in str(exc))
+"""
+
+
+def test_simple_websocket_gets_the_message_bound_on_this_server_only():
+    done = subprocess.run([sys.executable, "-c", SIMPLE_WEBSOCKET], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["True True", "{'max_message_size': 1234}", "loud: True"]

@@ -24,7 +24,7 @@ from PIL import Image
 
 import modelfactory as mf
 from images import encode, noise_image, shape_image
-from s3server import CountingS3Server
+from redisproc import RedisServer
 from serverproc import ROOT, Client, ServerProcess, free_port
 
 PREFIX = "projects"
@@ -46,12 +46,6 @@ def keras_files(tmp_path_factory):
     del keras
     return {"small": small, "big": big, "exploding": exploding}
 
-
-@pytest.fixture
-def s3():
-    server = CountingS3Server().start()
-    yield server
-    server.stop()
 
 
 def upload(s3, bucket, name, path):
@@ -77,7 +71,8 @@ def frame(model, seed=0):
 def cache_files(cache: Path, model: str) -> list[Path]:
     """Every file the cache holds for `model`, plus anything left in staging."""
     entries = cache / "entries" / model
-    staged = list((cache / "staging").rglob("*")) if (cache / "staging").exists() else []
+    staging = cache / "staging"  # per process: staging/<process>/<download>/, staging/<process>.lock
+    staged = [p for p in staging.rglob("*") if p.is_file() and p.suffix != ".lock"] if staging.exists() else []
     return staged + (list(entries.rglob("*")) if entries.exists() else [])
 
 
@@ -169,11 +164,11 @@ def exploding_server(keras_files, tmp_path_factory):
     shutil.copytree(DEMO, store / "shapes")
     shutil.copytree(keras_files["exploding"], store / "exploding")
     workdir = tmp_path_factory.mktemp("exploding")
-    proc = ServerProcess(env={"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(workdir / "cache"),
-                              "MODELS_PRELOAD": "exploding"}, log_dir=workdir).start()
-    proc.wait_ready()
-    yield proc
-    proc.stop()
+    with ServerProcess(env={"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(workdir / "cache"),
+                            "MODELS_PRELOAD": "exploding"}, log_dir=workdir) as proc:
+        proc.start()
+        proc.wait_ready()
+        yield proc
 
 
 DARK = encode(Image.new("RGB", (64, 64), (0, 0, 0)), "PNG")
@@ -204,6 +199,62 @@ def test_a_model_that_raises_fails_only_the_frames_it_raises_on(exploding_server
     assert all(r.get("code") == "model_unavailable" for r in results["bright"])
 
 
+def row_dropping_model():
+    """A Keras model whose output has no row for bright images: a runtime that
+    answers a batch with fewer rows than it was given frames."""
+    import keras
+    from keras import ops
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    scores = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs))
+    dark = ops.reshape(ops.where(ops.mean(inputs, axis=(1, 2, 3)) < 128.0), (-1,))
+    return keras.Model(inputs, ops.take(scores, dark, axis=0))
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "threading"])
+def test_a_runtime_that_answers_too_few_rows_is_an_error_and_the_next_frames_are_served(tmp_path, mode):
+    store = tmp_path / "store"
+    shutil.copytree(DEMO, store / "shapes")
+    mf.save_directory_model(store, "short", row_dropping_model(), labels=["a", "b", "c"])
+    # TensorFlow serves the model as it is (LiteRT runs one frame at a time).
+    server = ServerProcess(mode, env={"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+                                      "RUNTIME": "tensorflow", "MODELS_PRELOAD": "short"},
+                           log_dir=tmp_path).start()
+    try:
+        server.wait_ready()
+        with server.client() as client:
+            assert "labels" in client.call("frame", {"model": "short", "image": DARK}, timeout=30)
+            error = client.call("frame", {"model": "short", "image": BRIGHT}, timeout=30)
+            assert error["code"] == "model_unavailable" and "failed on this frame" in error["message"], error
+            # The worker lived through it: the next frames are answered, not left to time out.
+            for _ in range(3):
+                assert "labels" in client.call("frame", {"model": "short", "image": DARK}, timeout=30)
+            assert "labels" in client.call("frame", {"model": "shapes", "image": encode(shape_image("star"))})
+        # Batched together with bright frames, dark frames still get their labels.
+        results: dict[str, list] = {"dark": [], "bright": []}
+
+        def send(kind, image):
+            with server.client() as client:
+                for _ in range(10):
+                    results[kind].append(client.call("frame", {"model": "short", "image": image}, timeout=30))
+
+        threads = [threading.Thread(target=send, args=args) for args in (("dark", DARK), ("bright", BRIGHT))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(results["dark"]) == 10 and all("labels" in r for r in results["dark"]), results["dark"]
+        assert len(results["bright"]) == 10
+        assert all(r.get("code") == "model_unavailable" for r in results["bright"]), results["bright"]
+        details = requests.get(server.url + "/api/models/short", timeout=10).json()
+        assert details["batching"]["failed_calls"] >= 11  # counted...
+        assert server.log().count("Traceback") == 1  # ...and the traceback logged once
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+
+
 def connected_clients(server) -> float:
     metrics = requests.get(server.url + "/metrics", timeout=10).text
     return float(re.search(r"^webapp_connected_clients (\S+)$", metrics, re.M).group(1))
@@ -227,36 +278,6 @@ def test_clients_that_disconnect_mid_inference(server):
         assert connected_clients(server) == clients_before + 1  # the five are gone, the stayer counted
     assert server.proc.poll() is None
     assert "Traceback" not in server.log()[log_before:]
-
-
-class RedisServer:
-    """A redis-server of the test's own, which the test may kill and restart."""
-
-    def __init__(self, tmp_path: Path):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = tmp_path
-        self.proc = None
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.5).ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.mark.parametrize("mode", ["eventlet", "threading"])

@@ -9,6 +9,7 @@ Runs are derandomized (see conftest), so CI sees the same inputs every time.
 from __future__ import annotations
 
 import base64
+import re
 
 import numpy as np
 import pytest
@@ -77,13 +78,47 @@ def test_decoding_any_text_gives_a_tensor_or_a_documented_error(data, as_data_ur
     assert tensor.shape == (32, 32, 3)
 
 
-@settings(max_examples=300, deadline=None)
-@given(text=st.text(max_size=300))
-def test_arbitrary_strings_are_never_opened_as_paths_or_urls(text):
-    try:
-        payload_bytes(text, MAX_BYTES)
-    except ServingError as exc:
-        assert exc.code in ERROR_CODES
+#: A file the fuzzer names in every form a decoder could open: if any string
+#: were read as a path or fetched as a URL, its bytes would come back.
+SECRET = b"GIF89a secret file contents that no base64 string in these tests decodes to"
+
+
+@pytest.fixture(scope="module")
+def secret_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("secret") / "secret.gif"
+    path.write_bytes(SECRET)
+    return path
+
+
+def path_and_url_texts(secret):
+    named = [str(secret), f"file://{secret}", f"file:{secret}", f"{secret}\n", "/etc/passwd",
+             "file:///etc/passwd", "http://127.0.0.1:1/pic.jpg", f"data:image/gif;base64,{secret}"]
+    prefixes = ["/", "./", "../", "~/", "file://", "http://", "https://", "data:image/png;base64,"]
+    return st.one_of(st.text(max_size=300), st.sampled_from(named),
+                     st.builds(str.__add__, st.sampled_from(prefixes), st.text(max_size=60)))
+
+
+def test_arbitrary_strings_are_never_opened_as_paths_or_urls(secret_file):
+    """A string is only ever base64 (bare or in a data URL): what it yields is
+    exactly its base64 decoding, else it is `bad_image`, never a file's bytes."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(text=path_and_url_texts(secret_file))
+    def check(text):
+        try:
+            data = payload_bytes(text, MAX_BYTES)
+        except ServingError as exc:
+            assert exc.code == "bad_image", (text, exc.code)
+            return
+        body = text.split(",", 1)[1] if text[:5].lower() == "data:" else text
+        assert data == base64.b64decode(re.sub(r"\s+", "", body), validate=True), text
+        assert SECRET not in data
+
+    check()
+    for text in (str(secret_file), f"file://{secret_file}", "/etc/passwd", "file:///etc/passwd"):
+        with pytest.raises(ServingError) as refused:
+            payload_bytes(text, MAX_BYTES)
+        assert refused.value.code == "bad_image", text
 
 
 json_values = st.recursive(

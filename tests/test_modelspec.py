@@ -9,6 +9,8 @@ from webapp.modelspec import (
     MetadataError, ModelMetadata, ModelSpec, is_valid_model_name, scores_from_outputs, top_labels,
 )
 
+pytestmark = pytest.mark.quick  # in `make test-fast`
+
 
 @pytest.mark.parametrize("name,valid", [
     ("shapes", True), ("projA-v2.1_x", True), ("a" * 64, True), ("a" * 65, False),

@@ -11,6 +11,8 @@ from webapp.concurrency import ThreadingConcurrency
 from webapp.errors import ModelUnavailable
 from webapp.scheduler import ModelBatcher
 
+pytestmark = pytest.mark.quick  # in `make test-fast`
+
 
 def test_a_frame_that_makes_the_model_raise_fails_alone():
     started, gate, batch_sizes = threading.Event(), threading.Event(), []
@@ -37,3 +39,62 @@ def test_a_frame_that_makes_the_model_raise_fails_alone():
         assert tickets[key].wait(10).output.tolist() == [value * 2.0] * 2
     assert batch_sizes == [1, 4, 1, 1, 1, 1]  # the four waited together, then ran again one by one
     batcher.close()
+
+
+def test_a_runtime_that_answers_too_few_rows_fails_its_frames_and_the_worker_goes_on():
+    def predict(batch: np.ndarray) -> np.ndarray:
+        rows = batch.reshape(len(batch), -1)[:, :2]
+        return rows[rows[:, 0] >= 0]  # drops the rows of "negative" frames, as a buggy model might
+
+    batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=8, workers=1)
+    bad = batcher.submit("a", np.full((2, 2, 1), -1, np.float32))
+    with pytest.raises(ModelUnavailable, match="failed on this frame"):
+        bad.wait(10)
+    assert batcher.submit("a", np.full((2, 2, 1), 5, np.float32)).wait(10).output.tolist() == [5.0, 5.0]
+    assert batcher.failed_calls >= 1
+    batcher.close()
+
+
+def test_an_exception_outside_the_model_call_answers_the_batch_and_the_worker_goes_on(monkeypatch):
+    batcher = ModelBatcher("m", lambda batch: batch.reshape(len(batch), -1), ThreadingConcurrency(), max_batch=8)
+    original, calls = batcher._run_batch, []
+
+    def broken_once(batch):  # a bug of our own after the call, e.g. in the book-keeping
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise KeyError("book-keeping")
+        original(batch)
+
+    monkeypatch.setattr(batcher, "_run_batch", broken_once)
+    with pytest.raises(ModelUnavailable, match="failed on this batch"):
+        batcher.submit("a", np.ones((1, 1, 1), np.float32)).wait(10)
+    assert batcher.submit("a", np.ones((1, 1, 1), np.float32)).wait(10).output.tolist() == [1.0]
+    assert batcher.failed_calls == 1
+    batcher.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_closed_batcher_answers_its_queue_then_every_worker_exits_and_the_runtime_is_released(workers):
+    gate, released = threading.Event(), threading.Event()
+
+    def predict(batch):
+        gate.wait(10)
+        return batch.reshape(len(batch), -1)
+
+    batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=2, workers=workers,
+                           on_retired=released.set)
+    tickets = [batcher.submit(f"client-{i}", np.full((1, 1, 1), i, np.float32)) for i in range(7)]
+    batcher.close()
+    assert not released.is_set()  # frames are still waiting: the runtime stays
+    gate.set()
+    assert [t.wait(10).output.tolist() for t in tickets] == [[float(i)] for i in range(7)]
+    assert released.wait(10) and batcher.retired
+    for worker in batcher._workers:  # none left waiting on the wake event
+        worker.join(10)
+        assert not worker.is_alive()
+
+
+def test_a_batcher_closed_before_any_frame_releases_at_once():
+    released = threading.Event()
+    ModelBatcher("m", lambda b: b, ThreadingConcurrency(), max_batch=2, on_retired=released.set).close()
+    assert released.is_set()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from webapp.socket_packets import BoundedPacket, RefusedAttachments
+
+pytestmark = pytest.mark.quick  # in `make test-fast`
 
 
 def header(count: int, frame_id="f-1") -> str:

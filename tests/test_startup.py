@@ -9,6 +9,8 @@ import pytest
 
 from serverproc import ROOT
 
+pytestmark = pytest.mark.quick  # in `make test-fast`
+
 
 def test_importing_the_package_and_cli_loads_nothing_heavy():
     """eventlet must patch before ssl/socket are imported, and no model or

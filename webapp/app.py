@@ -13,12 +13,15 @@ from .access import AccessPolicy
 from .cache import DiskCache
 from .concurrency import Concurrency
 from .config import PROJECT_ROOT, load_config
+from .cors import OriginPolicy
 from .dataplane import DataPlane
 from .extensions import socketio
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .operations import StatusBoard
 from .registry import ModelRegistry
+from .server.memory import MemoryWatch, return_freed_memory_to_the_system
+from .server.connections import bound_connections
 from .socket_packets import BoundedPacket, quiet_malformed_packets
 from .store import open_store
 
@@ -54,9 +57,12 @@ def create_app(config: dict | None = None) -> Flask:
     dataplane = DataPlane(registry, concurrency, settings)
     app.extensions["dataplane"] = dataplane
 
+    return_freed_memory_to_the_system()
+    memory = MemoryWatch(settings)
+    memory.announce()
     metrics = Metrics()
-    metrics.watch(registry, cache)
-    board = StatusBoard(registry, cache, metrics, socket_events.PROCESS_ID)
+    metrics.watch(registry, cache, memory)
+    board = StatusBoard(registry, cache, metrics, socket_events.PROCESS_ID, memory)
     dataplane.observers += [metrics, board]
     store.on_download = metrics.downloaded
     app.extensions["metrics"], app.extensions["status"] = metrics, board
@@ -64,11 +70,12 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["access"] = AccessPolicy(settings["PROJECT_TOKENS"], settings["ADMIN_TOKEN"])
 
     origins = settings["CORS_ORIGINS"]
+    # The server's own origin always, plus CORS_ORIGINS ("*": any); see webapp/cors.py.
+    origin_policy = app.extensions["origin_policy"] = OriginPolicy(origins)
     socketio.init_app(
         app,
         async_mode=settings["ASYNC_MODE"],
-        # None: same origin only; "*": any; else the listed origins.
-        cors_allowed_origins=("*" if origins == ["*"] else origins) or None,
+        cors_allowed_origins="*" if origin_policy.any else origin_policy,
         cors_credentials=settings["CORS_CREDENTIALS"],
         message_queue=settings["MESSAGE_QUEUE"] or None,
         serializer=BoundedPacket,  # refuses events with more binaries than a frame carries
@@ -76,12 +83,14 @@ def create_app(config: dict | None = None) -> Flask:
         max_http_buffer_size=socketio_buffer_limit(settings["MAX_FRAME_BYTES"]),
     )
     socket_events.track_ack_requests(socketio.server)
+    bound_connections(app, socketio.server, settings)  # message size, MAX_CONNECTIONS, HANDSHAKE_TIMEOUT
     quiet_malformed_packets()
     registry.announce = socket_events.announce_to_model_users
     if origins:
         from flask_cors import CORS
 
-        CORS(app, resources={r"/api/*": {"origins": origins}}, supports_credentials=settings["CORS_CREDENTIALS"])
+        CORS(app, resources={r"/api/*": {"origins": "*" if origin_policy.any else origin_policy.listed}},
+             supports_credentials=settings["CORS_CREDENTIALS"])
     http_api.init_app(app)
     health.init_app(app)
     pages.init_app(app)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .access import OPEN, Grant
 from .concurrency import Concurrency
 from .errors import BadRequest, ModelUnavailable, Overloaded, ServingError, Superseded, UnknownModel
-from .imaging import payload_bytes, prepare
+from .frames.decode_budget import DecodeBudget
+from .imaging import decode_cost, model_input, payload_bytes, probe_image
 from .modelspec import is_valid_model_name, scores_from_outputs, top_labels
 from .registry import ModelRegistry, StatusListener
 from .scheduler import BatcherClosed
@@ -72,6 +74,26 @@ def safe_frame_id(data):
     return None
 
 
+#: Up to this many scores, the best labels are sorted in Python (see `_top_labels`).
+PYTHON_SORT_SCORES = 64
+
+
+def _top_labels(scores, labels: tuple[str, ...], k: int) -> list[dict]:
+    """`modelspec.top_labels`, without numpy's sort for short score vectors.
+
+    numpy releases the GIL to sort even four numbers; on the event loop that
+    hands the GIL to a decoding thread and waits for it back, every frame.
+    Python's sort is stable like the documented order (ties: label order).
+    """
+    if len(scores) > PYTHON_SORT_SCORES:
+        return top_labels(scores, labels, k)
+    values = scores.tolist()
+    if any(value != value for value in values):  # NaN: numpy's order, as documented
+        return top_labels(scores, labels, k)
+    order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
+    return [{"label": labels[i], "score": values[i]} for i in order]
+
+
 class _Lane:
     """One client's frames for one model, between arrival and the model's queue.
 
@@ -106,10 +128,46 @@ class DataPlane:
         self.default_model = settings["DEFAULT_MODEL"]
         self.url_policy = UrlPolicy(settings["URL_FETCH_ALLOW"], self.max_frame_bytes,
                                     float(settings["URL_FETCH_TIMEOUT"]))
+        self.max_url_fetches = int(settings["URL_FETCH_CONCURRENCY"])
+        self.url_fetches = 0
+        self.decode_budget = DecodeBudget(int(float(settings["DECODE_MEMORY_MB"]) * 1024 * 1024), concurrency)
 
     def fetch_url(self, url) -> bytes:
-        """An image from a URL a client gave, fetched safely off the event loop."""
-        return self.concurrency.run_blocking(fetch, url, self.url_policy)
+        """An image from a URL a client gave, fetched safely.
+
+        Fetches count as frames in flight and have a bound of their own, and
+        they never run on the native threads that decode and run models: a
+        fetch is network waiting, which green I/O (eventlet) or the request's
+        own thread (threading) does without holding anything shared. So slow
+        hosts cannot delay other clients' frames.
+        """
+        with self._in_flight():
+            with self._lanes_lock:
+                if self.url_fetches >= self.max_url_fetches:
+                    raise Overloaded("The server is fetching too many image URLs; try again shortly, "
+                                     "or send the image itself.")
+                self.url_fetches += 1
+            try:
+                return fetch(url, self.url_policy)
+            finally:
+                with self._lanes_lock:
+                    self.url_fetches -= 1
+
+    @contextmanager
+    def _in_flight(self):
+        """Count one frame (or fetch) in flight; `overloaded` past the bound or while draining."""
+        with self._lanes_lock:
+            self.in_flight += 1
+            busy = self.in_flight
+        try:
+            if self.draining:
+                raise Overloaded("The server is shutting down; connect again to reach another one.")
+            if busy > self.max_waiting:
+                raise Overloaded("The server has too many frames waiting; send less often and try again.")
+            yield
+        finally:
+            with self._lanes_lock:
+                self.in_flight -= 1
 
     def _enter_lane(self, key: tuple) -> None:
         """Wait for this frame's turn in its lane, or raise `Superseded`."""
@@ -141,25 +199,22 @@ class DataPlane:
 
     def predict(self, request: FrameRequest, client_key, on_status: StatusListener | None = None) -> dict:
         """Answer one frame: the `label` object, or raise a `ServingError`."""
-        with self._lanes_lock:
-            self.in_flight += 1
-            busy = self.in_flight
         try:
-            if self.draining:
-                raise Overloaded("The server is shutting down; connect again to reach another one.")
-            if busy > self.max_waiting:
-                raise Overloaded("The server has too many frames waiting; send less often and try again.")
-            result = self._predict(request, client_key, on_status)
+            with self._in_flight():
+                result = self._predict(request, client_key, on_status)
         except ServingError as exc:
+            label = self.metric_label(request.model)
             for observer in self.observers:
-                observer.failed(request.model, exc.code, exc.message)
+                observer.failed(label, exc.code, exc.message)
             raise
-        finally:
-            with self._lanes_lock:
-                self.in_flight -= 1
         for observer in self.observers:
             observer.answered(request.model, result["timing"])
         return result
+
+    def metric_label(self, name: str) -> str:
+        """The model name to count a frame under: one `unknown` for names the
+        store does not have, so random names cannot grow metrics or status."""
+        return name if self.registry.known(name) else "unknown"
 
     def _predict(self, request: FrameRequest, client_key, on_status) -> dict:
         started = time.perf_counter()
@@ -177,7 +232,7 @@ class DataPlane:
             "model": spec.name,
             "version": spec.version,
             "runtime": loaded.runtime.name,
-            "labels": top_labels(scores, spec.labels, request.top_k),
+            "labels": _top_labels(scores, spec.labels, request.top_k),
             "timing": {
                 "decode_ms": round(decode_ms, 3),
                 "queue_ms": round(result.queue_ms, 3),
@@ -204,7 +259,7 @@ class DataPlane:
             spec = loaded.spec
             if decoded_for != (spec.height, spec.width, spec.channels, spec.preprocess):
                 decode_started = time.perf_counter()
-                tensor = run(prepare, data, spec, self.max_image_pixels)
+                tensor = self._decode(data, spec)
                 decode_ms += (time.perf_counter() - decode_started) * 1000.0
                 decoded_for = (spec.height, spec.width, spec.channels, spec.preprocess)
             try:
@@ -218,6 +273,15 @@ class DataPlane:
                     raise
         return loaded, tensor, decode_ms, ticket
 
+    def _decode(self, data: bytes, spec):
+        """Pixels for `spec`, with their peak memory reserved in the decode budget.
+
+        The header is read on the calling thread (microseconds), so the wait
+        for budget never holds a native thread."""
+        image = probe_image(data, self.max_image_pixels, (spec.height, spec.width, spec.channels))
+        with self.decode_budget.reserve(decode_cost(image, (spec.height, spec.width))):
+            return self.concurrency.run_blocking(model_input, image, spec)
+
     def list_models(self, grant: Grant = OPEN) -> dict:
         """The store's models that `grant` may use."""
         models = self.concurrency.run_blocking(self.registry.list_models)
@@ -226,7 +290,12 @@ class DataPlane:
     def describe(self, name: str) -> dict:
         if not is_valid_model_name(name):
             raise UnknownModel(f"There is no model called {name[:80]!r}.")
-        return self.registry.describe(name)
+        details = self.registry.describe(name)
+        # A model served from its int8 file: what `publish --quantize int8` measured.
+        int8 = getattr(self.registry.acquire(name).runtime, "int8", None)
+        if int8 is not None:
+            details["int8"] = int8
+        return details
 
     def start(self, preload) -> None:
         """Load the default, preloaded and warm models in the background."""

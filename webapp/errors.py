@@ -63,11 +63,21 @@ class Unauthorized(ServingError):
     code, http_status = "unauthorized", 401
 
 
+class NotFound(ServingError):
+    """An HTTP API route that does not exist (a model that does not exist is `UnknownModel`)."""
+
+    code, http_status = "not_found", 404
+
+
+class MethodNotAllowed(ServingError):
+    code, http_status = "method_not_allowed", 405
+
+
 #: Every public error code, for documentation and tests.
 ERROR_CODES = tuple(
     cls.code
     for cls in (
         BadRequest, BadImage, TooLarge, UnknownModel, ModelUnavailable,
-        Superseded, RateLimited, Overloaded, Unauthorized,
+        Superseded, RateLimited, Overloaded, Unauthorized, NotFound, MethodNotAllowed,
     )
 )

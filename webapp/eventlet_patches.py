@@ -12,6 +12,26 @@ frame one byte at a time in a Python generator: about 20 ms of CPU for a
 640x480 stream at ~50 frames/s per process. `apply_mask` does the same XOR
 on whole integers (the technique wsproto uses), about 100x faster, with the
 same results (tests/test_eventlet_patches.py compares them).
+
+Websocket message size: eventlet checks `max_frame_length` (Engine.IO passes
+its `max_http_buffer_size`) against each frame's header only, and its
+`Message` keeps every fragment of a message until the final one: a first
+frame with FIN=0 followed by endless continuation frames grew without bound.
+`BoundedMessage` counts the bytes pushed into a message and fails the
+connection with 1009 (message too big) as soon as they pass the limit, so a
+connection never holds more than about one limit of message. Legacy
+(hixie-75/76, pre-2011) websockets buffer until a 0xFF byte with no bound at
+all and no browser speaks them any more, so they are refused.
+
+Closing: `RFC6455WebSocket.close` shuts down only the sending side, and its
+`socket.close()` leaves the descriptor open while eventlet's WSGI server still
+holds the connection, so Engine.IO's reader stayed blocked in `recv()` until
+the client spoke or the socket timeout (ping interval + timeout) passed: a
+refused client that kept quiet held a descriptor and a green thread that long.
+`close` here also shuts down the receiving side, which ends that read at once.
+
+Every internal touched here is checked by `install()`, which fails loudly
+when an eventlet upgrade moved it (pyproject.toml bounds the version too).
 """
 
 from __future__ import annotations
@@ -41,7 +61,82 @@ def terminate_chunked_input(wsgi_app):
     return app
 
 
+def _bounded_message_class(websocket):
+    """A subclass of eventlet's per-message buffer that stops at the limit."""
+
+    class BoundedMessage(websocket.RFC6455WebSocket.Message):
+        received = 0
+
+        def push(self, data, final=False):
+            self.received += len(data)
+            if self.received > self.max_frame_length:
+                # Raised inside `_recv_frame`; `_iter_frames` answers it by
+                # sending close 1009 and closing the socket.
+                raise websocket.FailedConnectionError(
+                    1009, f"Message above the limit of {self.max_frame_length} bytes.")
+            super().push(data, final)
+
+    return BoundedMessage
+
+
+def _closing_both_directions(close):
+    """`close`, after waking any read waiting on the socket (see the module docstring)."""
+    import functools
+
+    @functools.wraps(close)
+    def close_both(self, close_data=None):
+        import socket
+
+        try:
+            self.socket.shutdown(socket.SHUT_RD)
+        except OSError:  # already closed: nothing is waiting on it
+            pass
+        return close(self, close_data=close_data)
+
+    return close_both
+
+
+def _refuse_legacy_request(self, environ):
+    from eventlet import websocket
+
+    raise websocket.BadRequest()
+
+
+def check_internals(websocket) -> None:
+    """Fail loudly if eventlet no longer has what these patches replace."""
+    import inspect
+
+    missing = []
+    ws = getattr(websocket, "RFC6455WebSocket", None)
+    message = getattr(ws, "Message", None)
+    if ws is None or "_apply_mask" not in ws.__dict__:
+        missing.append("RFC6455WebSocket._apply_mask")
+    if ws is None or "close_data" not in inspect.signature(ws.close).parameters:
+        missing.append("RFC6455WebSocket.close(close_data)")
+    if message is None or not callable(getattr(message, "push", None)) or \
+            "max_frame_length" not in inspect.signature(message.__init__).parameters:
+        missing.append("RFC6455WebSocket.Message(opcode, max_frame_length, ...).push")
+    for name in ("FailedConnectionError", "BadRequest"):
+        if not hasattr(websocket, name):
+            missing.append(name)
+    if not callable(getattr(getattr(websocket, "WebSocketWSGI", None), "_handle_legacy_request", None)):
+        missing.append("WebSocketWSGI._handle_legacy_request")
+    if missing:
+        import eventlet
+
+        raise RuntimeError(f"eventlet {eventlet.__version__} lacks what webapp.eventlet_patches replaces: "
+                           f"{', '.join(missing)}; pin the version in pyproject.toml / requirements")
+
+
 def install() -> None:
     from eventlet import websocket
 
+    if getattr(websocket.RFC6455WebSocket.Message, "_webapp_bounded", False):
+        return
+    check_internals(websocket)
     websocket.RFC6455WebSocket._apply_mask = staticmethod(apply_mask)
+    bounded = _bounded_message_class(websocket)
+    bounded._webapp_bounded = True
+    websocket.RFC6455WebSocket.Message = bounded
+    websocket.RFC6455WebSocket.close = _closing_both_directions(websocket.RFC6455WebSocket.close)
+    websocket.WebSocketWSGI._handle_legacy_request = _refuse_legacy_request

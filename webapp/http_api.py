@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .dataplane import DataPlane, FrameRequest
 from .access import Grant
-from .errors import BadRequest, ServingError, TooLarge, Unauthorized
+from .errors import BadRequest, MethodNotAllowed, NotFound, ServingError, TooLarge, Unauthorized
 from .openapi import openapi_document
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -112,7 +112,15 @@ def init_app(app) -> None:
         # JSON errors for the API; pages keep Flask's HTML ones.
         if not request.path.startswith("/api/"):
             return exc
-        code = "unknown_model" if exc.code == 404 else "bad_request"
-        response = jsonify({"error": {"code": code, "message": exc.description}})
+        if exc.code == 404:
+            return error_response(NotFound(f"There is no API route {request.path[:200]!r}; "
+                                           "see /api/openapi.json."))
+        if exc.code == 405:
+            response = error_response(MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path[:200]!r}; "
+                f"use {', '.join(exc.valid_methods or ())}."))
+            response.headers["Allow"] = ", ".join(exc.valid_methods or ())
+            return response
+        response = jsonify({"error": {"code": "bad_request", "message": exc.description}})
         response.status_code = exc.code
         return response

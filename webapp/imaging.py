@@ -38,7 +38,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import BadImage, BadRequest, TooLarge
 from .modelspec import ModelSpec
@@ -104,6 +104,15 @@ def open_image(data: bytes, max_pixels: int, target: tuple[int, int, int] | None
     With `target` (height, width, channels) a JPEG is decoded in draft mode at
     the smallest DCT scale that still covers the target after the crop.
     """
+    return load_image(probe_image(data, max_pixels, target))
+
+
+def probe_image(data: bytes, max_pixels: int, target: tuple[int, int, int] | None = None) -> Image.Image:
+    """Open and check an image from its header alone; no pixel is decoded yet.
+
+    Cheap (tens of microseconds): what `decode_cost` needs to know before the
+    decode memory is reserved.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -119,8 +128,14 @@ def open_image(data: bytes, max_pixels: int, target: tuple[int, int, int] | None
         raise TooLarge(
             f"The image is {width}x{height} pixels, over the {max_pixels} pixel limit."
         )
+    image.info["webapp_encoded_size"] = (width, height)
     if target is not None and image.format == "JPEG":
         _draft_for(image, *target)
+    return image
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """Decode the pixels of a probed image; truncated or corrupt data is refused."""
     try:
         image.seek(0)
         image.load()
@@ -130,6 +145,88 @@ def open_image(data: bytes, max_pixels: int, target: tuple[int, int, int] | None
     except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
         raise TooLarge(str(exc)) from None
     return image
+
+
+#: Bytes per pixel Pillow stores for each mode once decoded (3-channel modes
+#: are stored padded to 4 bytes).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+#: Modes `Image.reduce` cannot shrink; they are converted at full size first.
+_UNREDUCIBLE = frozenset({"1", "P", "I;16", "I;16B", "I;16L", "I;16N"})
+#: Working copies of a small (unreduced) image while it is converted, cropped
+#: and resized: the RGBA compositing path is the costliest, at 4 bytes each.
+_SMALL_IMAGE_COPIES = 5
+
+
+def decode_cost(image: Image.Image, target: tuple[int, int] | None = None) -> int:
+    """Bytes that decoding a probed image through `to_pixels` holds at its peak.
+
+    An estimate from the header, on the high side: the decoded pixels, the
+    full-size copy a mode needs before it can be reduced, and the working
+    copies of the reduced image. A progressive JPEG also keeps every DCT
+    coefficient of the full-size image while it decodes, whatever the draft
+    scale.
+    """
+    width, height = image.size
+    pixels = width * height
+    stored = _STORED_BYTES.get(image.mode, 4)
+    copy = 0
+    if image.mode in _UNREDUCIBLE:
+        copy += 4
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        copy += 4  # premultiplied copy for an alpha-correct reduction
+    factor = _reduction(width, height, *(target or (1, 1)), transposed=False) if target else 1
+    small = (width // factor + 1) * (height // factor + 1) * 4 * _SMALL_IMAGE_COPIES
+    cost = pixels * (stored + (copy if factor > 1 else 0)) + small
+    if image.format == "JPEG" and (image.info.get("progressive") or image.info.get("progression")):
+        encoded_w, encoded_h = image.info.get("webapp_encoded_size", image.size)
+        cost += encoded_w * encoded_h * len(image.getbands()) * 2
+    return cost
+
+
+def _reduction(width: int, height: int, target_h: int, target_w: int, transposed: bool) -> int:
+    """The integer box-reduction factor that leaves the crop at least 2x the target."""
+    if transposed:
+        target_h, target_w = target_w, target_h
+    left, top, right, bottom = centre_crop_box(width, height, target_w, target_h)
+    scale = min((right - left) / target_w, (bottom - top) / target_h)
+    return max(1, int(scale / REDUCING_GAP))
+
+
+#: Images whose crop is over this many times the model's input are first
+#: shrunk by an integer factor (a box average, `Image.reduce`) to between 2x
+#: and 4x the input, then resized as usual: the idea of Pillow's
+#: `reducing_gap`, applied before colour conversion so the full-size image is
+#: never copied.
+REDUCING_GAP = 2
+
+
+def _reduce_for(image: Image.Image, target_h: int, target_w: int) -> Image.Image:
+    orientation = image.getexif().get(0x0112, 1)
+    factor = _reduction(image.width, image.height, target_h, target_w, orientation in (5, 6, 7, 8))
+    if factor < 2:
+        return image
+    if image.mode in _UNREDUCIBLE:
+        image = image.convert("RGBA") if "transparency" in image.info else _to_colour(image, 3)
+    if image.mode in ("RGBA", "LA"):
+        # Averaging straight alpha would bleed the colour of transparent
+        # pixels; premultiplied values average exactly like composited ones.
+        premultiplied = image.convert("RGBa" if image.mode == "RGBA" else "La")
+        image = premultiplied.reduce(factor).convert(image.mode)
+    elif image.mode == "PA":
+        image = image.convert("RGBA").convert("RGBa").reduce(factor).convert("RGBA")
+    else:
+        image = image.reduce(factor)
+    # The reduced image has no EXIF: apply the orientation here.
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+#: EXIF orientation -> the transpose that shows the image upright (as
+#: `ImageOps.exif_transpose` does).
+_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                          8: Image.Transpose.ROTATE_90}
 
 
 def draft_request(width: int, height: int, target_h: int, target_w: int, transposed: bool) -> tuple[int, int]:
@@ -164,7 +261,9 @@ def _to_colour(image: Image.Image, channels: int) -> Image.Image:
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(paper, rgba)
-    return image.convert("L" if channels == 1 else "RGB")
+    target = "L" if channels == 1 else "RGB"
+    # `convert` to the same mode is a full copy; the next steps copy anyway.
+    return image if image.mode == target else image.convert(target)
 
 
 def centre_crop_box(width: int, height: int, target_w: int, target_h: int) -> tuple[int, int, int, int]:
@@ -179,8 +278,15 @@ def centre_crop_box(width: int, height: int, target_w: int, target_h: int) -> tu
 
 
 def to_pixels(image: Image.Image, spec: ModelSpec) -> np.ndarray:
-    """Orient, convert, crop and resize: uint8 array [H, W, C] for the model."""
-    image = ImageOps.exif_transpose(image)
+    """Reduce, orient, convert, crop and resize: uint8 array [H, W, C] for the model."""
+    reduced = _reduce_for(image, spec.height, spec.width)
+    if reduced is image:
+        # What `ImageOps.exif_transpose` does for pixels, without the copy it
+        # makes of an upright image. (A reduced image is already upright.)
+        method = _ORIENTATION_TRANSPOSE.get(image.getexif().get(0x0112, 1))
+        image = image.transpose(method) if method is not None else image
+    else:
+        image = reduced
     image = _to_colour(image, spec.channels)
     box = centre_crop_box(image.width, image.height, spec.width, spec.height)
     if box != (0, 0, image.width, image.height):
@@ -216,5 +322,9 @@ def normalise(pixels: np.ndarray, mode: str) -> np.ndarray:
 
 def prepare(data: bytes, spec: ModelSpec, max_pixels: int) -> np.ndarray:
     """Encoded image bytes -> float32 model input [H, W, C] (steps 2-6 above)."""
-    image = open_image(data, max_pixels, (spec.height, spec.width, spec.channels))
-    return normalise(to_pixels(image, spec), spec.preprocess)
+    return model_input(probe_image(data, max_pixels, (spec.height, spec.width, spec.channels)), spec)
+
+
+def model_input(probed: Image.Image, spec: ModelSpec) -> np.ndarray:
+    """A probed image -> float32 model input: the part that decodes pixels."""
+    return normalise(to_pixels(load_image(probed), spec), spec.preprocess)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+_STAGES = ("decode", "queue", "inference", "total")
+_STAGE_KEYS = tuple(f"{stage}_ms" for stage in _STAGES)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -31,11 +33,21 @@ class Metrics:
         self.download_seconds = Histogram("webapp_download_seconds", "Duration of model downloads.",
                                           buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=self.registry)
         self.connected = 0
+        #: model -> (frames counter, latency histograms per stage). Bounded like the
+        #: metrics' own label sets: models are named by `metric_label` (known or `unknown`).
+        self._answered_children: dict[str, tuple] = {}
 
     def answered(self, model: str, timing: dict) -> None:
-        self.frames.labels(model, "label").inc()
-        for stage in ("decode", "queue", "inference", "total"):
-            self.latency.labels(model, stage).observe(timing[f"{stage}_ms"] / 1000.0)
+        # The labelled children are looked up once per model: `labels()` costs
+        # a lock and a tuple key per call, five times per frame.
+        children = self._answered_children.get(model)
+        if children is None:
+            children = (self.frames.labels(model, "label"),
+                        tuple(self.latency.labels(model, stage) for stage in _STAGES))
+            self._answered_children[model] = children
+        children[0].inc()
+        for child, key in zip(children[1], _STAGE_KEYS):
+            child.observe(timing[key] / 1000.0)
 
     def failed(self, model: str, code: str, message: str = "") -> None:
         self.frames.labels(model, code).inc()
@@ -48,14 +60,14 @@ class Metrics:
         self.downloads.labels(model).inc()
         self.download_seconds.observe(seconds)
 
-    def watch(self, registry, cache) -> None:
-        """Report the current state of `registry` and `cache` on every scrape."""
-        self.registry.register(_StateCollector(self, registry, cache))
+    def watch(self, registry, cache, memory=None) -> None:
+        """Report the current state of `registry`, `cache` and memory on every scrape."""
+        self.registry.register(_StateCollector(self, registry, cache, memory))
 
 
 class _StateCollector:
-    def __init__(self, metrics: Metrics, registry, cache):
-        self._metrics, self._registry, self._cache = metrics, registry, cache
+    def __init__(self, metrics: Metrics, registry, cache, memory=None):
+        self._metrics, self._registry, self._cache, self._memory = metrics, registry, cache, memory
 
     def describe(self):
         return []
@@ -75,3 +87,14 @@ class _StateCollector:
                                     value=self._cache.total_bytes())
         yield GaugeMetricFamily("webapp_connected_clients", "Socket.IO clients connected to this process.",
                                 value=self._metrics.connected)
+        if self._memory is not None:
+            yield GaugeMetricFamily("webapp_memory_limit_bytes", "The memory limit this process works within "
+                                    "(container cgroup, MEMORY_LIMIT_MB or physical memory).",
+                                    value=self._memory.limit_bytes)
+            yield GaugeMetricFamily("webapp_rss_bytes", "Resident memory of this process.",
+                                    value=self._memory.check())
+            budgets = GaugeMetricFamily("webapp_memory_budget_bytes", "Memory budgets derived from the limit.",
+                                        labels=["budget"])
+            for name in ("model_memory_bytes", "decode_memory_bytes"):
+                budgets.add_metric([name.removesuffix("_bytes")], self._memory.budgets[name])
+            yield budgets

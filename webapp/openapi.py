@@ -43,7 +43,7 @@ _SCHEMAS = {
             "state": {"type": "string", "description": "loaded, cached, in store, loading, failed, ..."},
             "loaded": {"type": "boolean"},
             "version": {"type": "string", "nullable": True},
-            "runtime": {"type": "string", "nullable": True, "enum": ["litert", "tensorflow", None]},
+            "runtime": {"type": "string", "nullable": True, "enum": ["litert", "litert-int8", "tensorflow", None]},
             "input": {"$ref": "#/components/schemas/Input"},
             "labels": {"type": "array", "nullable": True, "items": {"type": "string"}},
         },
@@ -58,7 +58,8 @@ _SCHEMAS = {
             "id": {"nullable": True, "description": "the request's id, echoed (always null over HTTP)"},
             "model": {"type": "string"},
             "version": {"type": "string"},
-            "runtime": {"type": "string", "enum": ["litert", "tensorflow"]},
+            "runtime": {"type": "string", "enum": ["litert", "litert-int8", "tensorflow"],
+                        "description": "litert-int8: the model's full-integer file (publish --quantize int8)"},
             "labels": {"type": "array", "items": {
                 "type": "object", "required": ["label", "score"],
                 "properties": {"label": {"type": "string"}, "score": {"type": "number"}}}},
@@ -82,11 +83,15 @@ _BEARER = [{"bearer": []}, {}]  # required only when PROJECT_TOKENS/ADMIN_TOKEN 
 
 def openapi_document() -> dict:
     json_of = lambda ref: {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}  # noqa: E731
+    method = _error("Another method is required on this path (method_not_allowed)")
     return {
         "openapi": "3.0.3",
         "info": {"title": "webapp prediction server", "version": "1",
                  "description": "Image classification with models from a model store. The Socket.IO "
-                                "protocol (frames in, `label` events out) is described in the README."},
+                                "protocol (frames in, `label` events out) is described in the README. "
+                                "Any /api/ path not listed here answers 404 `not_found`, and a listed "
+                                "path with another method answers 405 `method_not_allowed` "
+                                "(with an Allow header)."},
         "components": {"schemas": _SCHEMAS,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
@@ -94,7 +99,8 @@ def openapi_document() -> dict:
                 "summary": "Models in the store that the caller may use (nothing is downloaded)",
                 "security": _BEARER,
                 "responses": {"200": {"description": "The models", "content": json_of("ModelList")},
-                              "401": _error("Missing or unknown token")}}},
+                              "401": _error("Missing or unknown token"),
+                              "405": method}}},
             "/api/models/{name}": {"get": {
                 "summary": "One model: input, labels, runtime, state",
                 "security": _BEARER, "parameters": [_NAME],
@@ -102,7 +108,8 @@ def openapi_document() -> dict:
                                   "schema": {"type": "object", "required": ["name", "state"]}}}},
                               "401": _error("Missing or unknown token, or a model outside the token's projects"),
                               "404": _error("No such model"),
-                              "503": _error("The model store is unavailable")}}},
+                              "503": _error("The model store is unavailable"),
+                              "405": method}}},
             "/api/models/{name}/predict": {"post": {
                 "summary": "Label one image: a multipart upload, JSON (base64, data URL or URL), or raw bytes",
                 "security": _BEARER,
@@ -120,6 +127,7 @@ def openapi_document() -> dict:
                     "404": _error("No such model"),
                     "413": _error("Body or image over the size or pixel limit"),
                     "503": _error("The model cannot be loaded, the server is overloaded or shutting down"),
+                    "405": method,
                 }}},
             "/api/status": {"get": {
                 "summary": "Live state for dashboards (admin)", "security": _BEARER,

@@ -1,8 +1,17 @@
-"""Human-facing pages: the model index and the webcam capture page."""
+"""Human-facing pages: the model index, the webcam capture page, and the
+`/predictor.js` module front ends import."""
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, render_template, request, send_from_directory
 
 bp = Blueprint("pages", __name__)
+
+#: The ES modules served for front ends: URL path -> file under static/.
+#: `/predictor.js` imports the Socket.IO client by a path relative to itself,
+#: so both must be served the same way (with CORS).
+MODULES = {
+    "predictor.js": "predictor.js",
+    "predictor/socket.io.esm.js": "vendor/socket.io-client/socket.io.esm.min.js",
+}
 
 
 @bp.get("/")
@@ -23,6 +32,24 @@ def index():
 def capture():
     """The webcam page; the model comes from `?model=` or the picker."""
     return render_template("capture.html")
+
+
+@bp.get("/predictor.js")
+@bp.get("/predictor/socket.io.esm.js")
+def module():
+    """The JS client module for any origin.
+
+    Module scripts are fetched with CORS, so a page on another origin can only
+    import them with `Access-Control-Allow-Origin`. `*` rather than the
+    accepted origins: the files are public and carry no credentials, and a
+    page whose origin `CORS_ORIGINS` does not accept then gets a clear
+    "connection refused" from the module instead of an opaque failed import.
+    The connection itself stays subject to `CORS_ORIGINS`.
+    """
+    response = send_from_directory(current_app.static_folder, MODULES[request.path.lstrip("/")],
+                                   mimetype="text/javascript")
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
 
 
 def init_app(app) -> None:

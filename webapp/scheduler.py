@@ -34,6 +34,10 @@ class BatcherClosed(ModelUnavailable):
     """This version of the model was unloaded or replaced; ask the registry again."""
 
 
+class RuntimeContractError(RuntimeError):
+    """The runtime answered a batch with output that does not fit it (e.g. too few rows)."""
+
+
 @dataclass
 class FrameResult:
     """One frame's row of a batch's output, with how long each stage took."""
@@ -47,7 +51,7 @@ class FrameResult:
 class Ticket:
     """A submitted frame; `wait()` returns its `FrameResult` or raises."""
 
-    __slots__ = ("tensor", "enqueued", "_event", "_result", "_error")
+    __slots__ = ("tensor", "enqueued", "_event", "_result", "_error", "done")
 
     def __init__(self, tensor: np.ndarray, event):
         self.tensor = tensor
@@ -55,13 +59,14 @@ class Ticket:
         self._event = event
         self._result = None
         self._error = None
+        self.done = False
 
     def resolve(self, result: FrameResult) -> None:
-        self._result = result
+        self._result, self.done = result, True
         self._event.set()
 
     def fail(self, error: ServingError) -> None:
-        self._error = error
+        self._error, self.done = error, True
         self._event.set()
 
     def wait(self, timeout: float | None = None) -> FrameResult:
@@ -76,9 +81,15 @@ class ModelBatcher:
     """Queues frames for one model and runs them in batches."""
 
     def __init__(self, name: str, predict: Callable[[np.ndarray], np.ndarray],
-                 concurrency: Concurrency, max_batch: int, workers: int = 1):
+                 concurrency: Concurrency, max_batch: int, workers: int = 1,
+                 on_retired: Callable[[], None] | None = None):
         self.name = name
         self._predict = predict
+        #: Called once, after `close()`, when the last worker has answered its
+        #: last frame: the moment the runtime can be released.
+        self._on_retired = on_retired
+        self._retired = False
+        self._running = 0  # workers started and not yet exited
         self._concurrency = concurrency
         self._max_batch = max_batch
         self._pending: OrderedDict[object, Ticket] = OrderedDict()
@@ -94,6 +105,8 @@ class ModelBatcher:
         self.calls = 0
         self._last_seen: dict[object, float] = {}
         self._failure_logged = False
+        #: Model calls that raised or answered with the wrong shape (their frames got an error).
+        self.failed_calls = 0
 
     @property
     def depth(self) -> int:
@@ -108,6 +121,7 @@ class ModelBatcher:
             replaced = self._pending.pop(client_key, None)
             self._pending[client_key] = ticket
             if not self._workers:
+                self._running = self._workers_wanted
                 self._workers = [self._concurrency.spawn(self._run) for _ in range(self._workers_wanted)]
             self._wake.set()
         if replaced is not None:
@@ -129,11 +143,36 @@ class ModelBatcher:
         share = active * self.mean_frame_seconds / self._workers_wanted
         return max(1, round(1000.0 * max(share, self.mean_call_seconds) * 1.1))
 
+    @property
+    def retired(self) -> bool:
+        """Closed, every waiting frame answered, every worker gone."""
+        return self._retired
+
     def close(self) -> None:
-        """Stop taking frames; frames already waiting are still answered."""
+        """Stop taking frames; frames already waiting are still answered.
+
+        Once they are, the workers exit and `on_retired` runs (once), so a
+        replaced or unloaded version lets go of its runtime.
+        """
         with self._lock:
             self._closed = True
-            self._wake.set()
+            self._wake.set()  # stays set from now on: no worker may wait again
+            idle = self._running == 0
+        if idle:
+            self._retire()
+
+    def _retire(self) -> None:
+        with self._lock:
+            if self._retired:
+                return
+            self._retired = True
+        release, self._on_retired = self._on_retired, None
+        self._predict = None  # the batcher may outlive its runtime (a frame's reference)
+        if release is not None:
+            try:
+                release()
+            except Exception:  # noqa: BLE001 - releasing must not take the worker down
+                log.exception("releasing model %s failed", self.name)
 
     def _take_batch(self) -> list[Ticket]:
         with self._lock:
@@ -142,11 +181,24 @@ class ModelBatcher:
             share = -(-len(self._pending) // self._workers_wanted)
             while self._pending and len(batch) < min(self._max_batch, share):
                 batch.append(self._pending.popitem(last=False)[1])
-            if not self._pending:
+            # Once closed the event stays set: clearing it after the last
+            # batch would leave the other workers waiting forever (and with
+            # them the runtime they keep alive).
+            if not self._pending and not self._closed:
                 self._wake.clear()
             return batch
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0 and self._closed
+            if last:
+                self._retire()
+
+    def _serve(self) -> None:
         while True:
             self._wake.wait()
             batch = self._take_batch()
@@ -154,13 +206,39 @@ class ModelBatcher:
                 if self._closed:
                     return
                 continue
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - whatever happens, the worker goes on
+                # A bug outside the model call (ours or the runtime's): the
+                # frames of this batch are answered, never left to time out.
+                self._failed(exc, "batch")
+                for ticket in batch:
+                    if not ticket.done:
+                        ticket.fail(ModelUnavailable(
+                            f"Model '{self.name}' failed on this batch: {type(exc).__name__}."))
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        """Count a failed call; the traceback once per model, then one line each."""
+        self.failed_calls += 1
+        log.warning("model %s failed on a %s: %s: %.300s", self.name, what, type(exc).__name__, exc,
+                    exc_info=not self._failure_logged)
+        self._failure_logged = True
+
+    def _call(self, batch: list[Ticket]) -> np.ndarray:
+        """One model call, its output checked against the batch it answers."""
+        # Stacked on the native thread: numpy releases the GIL to copy, and
+        # on the event loop that hands the GIL to a busy decoder and waits.
+        outputs = self._concurrency.run_blocking(_stack_and_run, self._predict,
+                                                 [ticket.tensor for ticket in batch])
+        if getattr(outputs, "ndim", 0) < 1 or len(outputs) != len(batch):
+            rows = len(outputs) if getattr(outputs, "ndim", 0) >= 1 else 0
+            raise RuntimeContractError(f"the runtime returned {rows} rows for {len(batch)} frames")
+        return outputs
 
     def _run_batch(self, batch: list[Ticket]) -> None:
         started = time.perf_counter()
         try:
-            inputs = np.stack([ticket.tensor for ticket in batch])
-            outputs = self._concurrency.run_blocking(self._predict, inputs)
+            outputs = self._call(batch)
         except Exception as exc:  # a model that raises must not kill the worker
             if len(batch) > 1:
                 # One client's frame must not fail the others batched with it:
@@ -168,10 +246,7 @@ class ModelBatcher:
                 for ticket in batch:
                     self._run_batch([ticket])
                 return
-            # The traceback once per model, then one line per failing frame.
-            log.warning("model %s failed on a frame: %s: %.300s", self.name, type(exc).__name__, exc,
-                        exc_info=not self._failure_logged)
-            self._failure_logged = True
+            self._failed(exc, "frame")
             batch[0].fail(ModelUnavailable(f"Model '{self.name}' failed on this frame: {type(exc).__name__}."))
             return
         elapsed = time.perf_counter() - started
@@ -190,3 +265,7 @@ class ModelBatcher:
                 inference_ms=inference_ms,
                 batch_size=len(batch),
             ))
+
+
+def _stack_and_run(predict: Callable[[np.ndarray], np.ndarray], tensors: list[np.ndarray]) -> np.ndarray:
+    return predict(np.stack(tensors))

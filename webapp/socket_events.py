@@ -21,6 +21,7 @@ from .access import OPEN, Grant
 from .dataplane import DataPlane, FrameRequest, safe_frame_id
 from .errors import BadRequest, RateLimited, ServingError, Unauthorized
 from .extensions import socketio
+from .server.connections import OVER_CAPACITY
 from .socket_packets import RefusedAttachments
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,22 @@ def publish_monitor_copy(copy: dict) -> None:
     socketio.emit("prediction", copy, to=[monitor_room(copy["model"]), monitor_room()])
 
 
+def _monitored(model: str) -> bool:
+    """Whether a client of this process is in a monitor room for `model`.
+
+    Two dict lookups: without a message queue, a copy nobody watches is not
+    built at all (it cost a Socket.IO emit per frame)."""
+    rooms = socketio.server.manager.rooms.get("/", {})
+    return bool(rooms.get(monitor_room(model)) or rooms.get(monitor_room()))
+
+
 def _copy_to_monitors(result: dict) -> None:
     """A live copy of a prediction for dashboards, from every process."""
+    feed = current_app.extensions.get("monitor_feed")
+    if feed is None and not _monitored(result["model"]):
+        return
     copy = {key: result[key] for key in ("model", "version", "runtime", "labels", "timing")}
     copy["process"] = PROCESS_ID
-    feed = current_app.extensions.get("monitor_feed")
     if feed is not None:
         feed.put(copy)  # a message queue: published off the frame's path
     else:
@@ -135,6 +147,9 @@ def _grant() -> Grant:
 def on_connect(auth=None):
     if _dataplane().draining:
         raise ConnectionRefusedError("shutting_down")
+    if request.environ.get(OVER_CAPACITY):
+        log.info("refused a client: MAX_CONNECTIONS sessions are open")
+        raise ConnectionRefusedError(*current_app.extensions["connections"].refusal())
     token = auth.get("token") if isinstance(auth, dict) else None
     grant = current_app.extensions["access"].identify(token)
     if grant is None:

@@ -2,6 +2,12 @@
 
 In one run on one machine it measures, for each model and async mode:
 
+0. the server's own cost per frame (`cpu.py`): server CPU per answered frame
+   from /proc, the model's own CPU, the overhead between them and a
+   reference task timed in the same run (`--cpu-only` runs just this;
+   `--compare DIR` measures another checkout's server beside this one;
+   `--int8` adds MobileNetV2 int8); `profile.py` records the server with
+   py-spy under the same load;
 1. the raw limit: LiteRT's own throughput in-process at its best batch size,
    thread and interpreter count;
 2. the server: N concurrent Socket.IO clients (closed loop) with 224x224 and

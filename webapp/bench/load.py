@@ -17,14 +17,18 @@ def _percentiles(latencies_ms: list[float]) -> dict:
     return {"p50": round(float(values[0]), 2), "p95": round(float(values[1]), 2), "p99": round(float(values[2]), 2)}
 
 
-def _connect(url: str) -> socketio.Client:
+def _connect(url: str, auth: dict | None = None) -> socketio.Client:
     client = socketio.Client(reconnection=False)
-    client.connect(url, transports=["websocket"], wait_timeout=180)  # the naive server loads its model here
+    client.connect(url, transports=["websocket"], auth=auth, wait_timeout=180)  # the naive server loads its model here
     return client
 
 
-def closed_loop(url: str, model: str, image: bytes, clients: int, duration: float) -> dict:
-    """Each client sends its next frame as soon as the previous one is answered."""
+def closed_loop(url: str, model: str, image: bytes, clients: int, duration: float, cpu_probe=None) -> dict:
+    """Each client sends its next frame as soon as the previous one is answered.
+
+    `cpu_probe()`, if given, returns the server's CPU seconds so far: read when
+    the clients start and once they have all stopped (connecting and
+    disconnecting are left out), the difference is `server_cpu_s`."""
     connections = [_connect(url) for _ in range(clients)]
     latencies: list[list[float]] = [[] for _ in range(clients)]
     codes: Counter = Counter()
@@ -48,23 +52,26 @@ def closed_loop(url: str, model: str, image: bytes, clients: int, duration: floa
     for thread in threads:
         thread.start()
     stop_at[0] = time.perf_counter() + duration
+    cpu_before = cpu_probe() if cpu_probe else 0.0
     began = time.perf_counter()
     start_gate.wait()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
+    cpu_used = cpu_probe() - cpu_before if cpu_probe else None
     for sio in connections:
         sio.disconnect()
     merged = [x for per_client in latencies for x in per_client]
     return {"clients": clients, "frames": len(merged), "fps": round(len(merged) / elapsed, 2),
             **_percentiles(merged), "superseded": codes.get("superseded", 0),
-            "errors": sum(codes.values()) - codes.get("superseded", 0)}
+            "errors": sum(codes.values()) - codes.get("superseded", 0),
+            **({"server_cpu_s": round(cpu_used, 3)} if cpu_probe else {})}
 
 
-def open_loop(url: str, model: str, image: bytes, clients: int, rate: float, duration: float,
+def open_loop(url: str, model: str, image: bytes, clients: int, rate: float, duration: float, auth=None,
               sample_rss=None) -> dict:
     """Each client sends at `rate` frames/s regardless of answers (overload)."""
-    connections = [_connect(url) for _ in range(clients)]
+    connections = [_connect(url, auth) for _ in range(clients)]
     sent: dict[tuple[int, int], float] = {}
     latencies: list[float] = []
     codes: Counter = Counter()

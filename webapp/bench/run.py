@@ -17,7 +17,7 @@ import socketio
 from PIL import Image
 
 from ..config import PROJECT_ROOT
-from . import load, process, raw
+from . import cpu, load, process, raw
 
 
 def jpeg(width: int, height: int, seed: int = 0) -> bytes:
@@ -31,9 +31,9 @@ def jpeg(width: int, height: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def warm(url: str, model: str, image: bytes) -> None:
+def warm(url: str, model: str, image: bytes, auth: dict | None = None) -> None:
     client = socketio.Client()
-    client.connect(url, transports=["websocket"], wait_timeout=180)
+    client.connect(url, transports=["websocket"], auth=auth, wait_timeout=180)
     for _ in range(3):
         answer = client.call("frame", {"model": model, "image": image}, timeout=600)
         if "code" in answer:
@@ -41,40 +41,67 @@ def warm(url: str, model: str, image: bytes) -> None:
     client.disconnect()
 
 
-def prepare_store(work: Path, quick: bool) -> tuple[Path, list[str], dict]:
+def prepare_store(work: Path, quick: bool, int8: bool = False,
+                  wanted: list[str] | None = None) -> tuple[Path, list[str], dict]:
+    """The demo model, plus MobileNetV2 (and its int8 version) unless quick or not `wanted`."""
     store = work / "store"
     store.mkdir()
     shutil.copytree(PROJECT_ROOT / "models" / "shapes", store / "shapes")
     info = {}
     models = ["shapes"]
-    if not quick:
-        done = subprocess.run([sys.executable, "-m", "webapp.bench.build_models", str(store)],
-                              capture_output=True, text=True, timeout=900)
+    if not quick and (wanted is None or any(name.startswith("mobilenetv2") for name in wanted)):
+        command = [sys.executable, "-m", "webapp.bench.build_models", str(store)] + (["--int8"] if int8 else [])
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:])
         info = json.loads(done.stdout.strip().splitlines()[-1])
         models.insert(0, "mobilenetv2")
+        if int8:
+            models.insert(1, "mobilenetv2-int8")
+    if wanted is not None:
+        models = [name for name in models if name in wanted]
     return store, models, info
 
 
 def run(args) -> int:
     quick = args.quick
+    cpu_only = getattr(args, "cpu_only", False)
     modes = args.modes.split(",")
     client_counts = [1, 4] if quick else [int(n) for n in args.clients.split(",")]
     duration = 1.5 if quick else args.duration
     frames = {"224x224": jpeg(224, 224), "640x480": jpeg(640, 480)}
+    compare = Path(args.compare).resolve() if getattr(args, "compare", None) else None
     report = {"machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
               "command": " ".join(["python -m webapp bench", *sys.argv[2:]]), "quick": quick,
-              "limits": {}, "server": [], "naive": [], "overload": [], "memory": None, "cold_start": None}
+              "limits": {}, "model_cpu": {}, "cpu": [], "server": [], "naive": [], "overload": [],
+              "memory": None, "cold_start": None}
     work = Path(tempfile.mkdtemp(prefix="webapp-bench-"))
     try:
-        store, models, built = prepare_store(work, quick)
+        wanted = args.models.split(",") if getattr(args, "models", None) else None
+        store, models, built = prepare_store(work, quick, int8=getattr(args, "int8", False), wanted=wanted)
         report["models"] = {"built": built}
+        batch1: dict[str, float] = {}
         for model in models:
             tflite = store / model / "model.tflite"
-            report["limits"][model] = raw.raw_limit(tflite, 0.5 if quick else 2.0, quick)
-            _say(f"raw limit {model}: {report['limits'][model]['best']}")
+            if (store / model / "model.int8.tflite").is_file():
+                tflite = store / model / "model.int8.tflite"  # what the server serves
+            if not cpu_only:
+                report["limits"][model] = raw.raw_limit(tflite, 0.5 if quick else 2.0, quick)
+                _say(f"raw limit {model}: {report['limits'][model]['best']}")
+                batch1[model] = report["limits"][model]["batch1_latency_ms"]
+            else:
+                batch1[model] = round(min(raw.batch1_latency_ms(tflite, t) for t in (1, 2)), 2)
+            report["model_cpu"][model] = cpu.model_cpu(tflite, seconds=1.0 if quick else 3.0)
+            _say(f"model CPU {model}: {report['model_cpu'][model]}")
         for mode in modes:
+            report["cpu"].extend(_cpu_phase(store, work, mode, models, frames["224x224"], duration, report, batch1,
+                                            compare, 1 if quick else args.rounds))
+            if not quick and mode == modes[0] and "mobilenetv2" in models:
+                report["memory"] = _memory(store, work, mode, frames["224x224"])
+                if "mobilenetv2-int8" in models:
+                    report["memory_int8"] = _memory(store, work, mode, frames["224x224"], "mobilenetv2-int8")
+            if cpu_only:
+                continue
             env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / f"cache-{mode}"),
                    "DEFAULT_MODEL": models[0], "LOG_LEVEL": "WARNING"}
             proc, url = process.start_server(mode, env, work / f"server-{mode}.log")
@@ -90,13 +117,11 @@ def run(args) -> int:
                 report["overload"].append(_overload(url, proc, mode, models[0], frames["224x224"], report, duration))
             finally:
                 process.stop(proc)
-            if not quick and mode == modes[0]:
-                report["memory"] = _memory(store, work, mode, frames["224x224"])
             # The naive design loads one model copy per client; past 8 clients it
             # only measures swapping, so it stops there.
             naive_clients = [n for n in client_counts if n <= 8]
             report["naive"].extend(_naive(store, mode, models[0], frames["224x224"], naive_clients, duration, work))
-        if not quick:
+        if not quick and not cpu_only:
             report["cold_start"] = _cold_start(store, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -106,6 +131,50 @@ def run(args) -> int:
     print(format_table(report))
     print(f"\nreport: {out}")
     return 0
+
+
+def _cpu_phase(store, work, mode, models, image, duration, report, batch1, compare, rounds) -> list[dict]:
+    """Server CPU per frame for each model (and for `compare`'s code, if given).
+
+    The servers run side by side and are measured in alternation, `rounds`
+    times, keeping the median row: on a shared machine whose speed drifts, a
+    before/after comparison is only fair when both see the same minutes.
+    """
+    servers = [("this", None)] + ([("before", compare)] if compare else [])
+    started = []
+    try:
+        for label, root in servers:
+            env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / f"cache-cpu-{mode}-{label}"),
+                   "DEFAULT_MODEL": models[0], "LOG_LEVEL": "WARNING"}
+            proc, url = process.start_server(mode, env, work / f"server-cpu-{mode}-{label}.log", root=root)
+            started.append((label, proc, url))
+            for model in models:
+                warm(url, model, image)
+        measured: dict[tuple, list[dict]] = {}
+        for _ in range(rounds):
+            for model in models:
+                for label, proc, url in started:
+                    if label == "before" and model.endswith("-int8"):
+                        continue  # older code serves the float file: nothing to compare
+                    row = cpu.server_row(url, proc.pid, image, model, duration, report["model_cpu"][model],
+                                         batch1.get(model))
+                    row.update(mode=mode, server=label)
+                    measured.setdefault((label, model), []).append(row)
+                    _say(f"cpu {mode} {label} {model}: {row['server_cpu_ms_per_frame']} ms/frame, overhead "
+                         f"{row['overhead_ms']} ms ({row['overhead_per_reference']} x reference), {row['fps']} fps")
+    finally:
+        for _, proc, _ in started:
+            process.stop(proc)
+    rows = []
+    for model in models:
+        for label, _ in servers:
+            if (label, model) not in measured:
+                continue
+            candidates = sorted(measured[(label, model)], key=lambda r: r["overhead_per_reference"])
+            median = dict(candidates[len(candidates) // 2])
+            median["rounds"] = len(candidates)
+            rows.append(median)
+    return rows
 
 
 def _overload(url, proc, mode, model, image, report, duration) -> dict:
@@ -119,20 +188,20 @@ def _overload(url, proc, mode, model, image, report, duration) -> dict:
     return row
 
 
-def _memory(store, work, mode, image) -> dict:
-    """A fresh server with three MobileNetV2-size models loaded and used."""
-    env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / "cache-memory"), "DEFAULT_MODEL": "",
+def _memory(store, work, mode, image, base: str = "mobilenetv2") -> dict:
+    """A fresh server with three MobileNetV2-size models loaded and used (`base` and its copies)."""
+    env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / f"cache-memory-{base}"), "DEFAULT_MODEL": "",
            "LOG_LEVEL": "WARNING"}
-    proc, url = process.start_server(mode, env, work / "memory.log")
+    proc, url = process.start_server(mode, env, work / f"memory-{base}.log")
     try:
         idle = process.tree_rss_mb(proc.pid)
-        for name in ("mobilenetv2", "mobilenetv2-2", "mobilenetv2-3"):
+        for name in (base, f"{base}-2", f"{base}-3"):
             warm(url, name, image)
         rss = process.tree_rss_mb(proc.pid)
     finally:
         process.stop(proc)
-    _say(f"RSS with three MobileNetV2 on LiteRT: {rss:.0f} MB (idle {idle:.0f} MB)")
-    return {"models_loaded": 3, "rss_mb": round(rss, 1), "idle_rss_mb": round(idle, 1), "mode": mode}
+    _say(f"RSS with three {base} on LiteRT: {rss:.0f} MB (idle {idle:.0f} MB)")
+    return {"models_loaded": 3, "model": base, "rss_mb": round(rss, 1), "idle_rss_mb": round(idle, 1), "mode": mode}
 
 
 def _naive(store, mode, model, image, client_counts, duration, work) -> list[dict]:
@@ -218,7 +287,8 @@ def _ratios(report: dict) -> None:
 
 
 def format_table(report: dict) -> str:
-    lines = ["", "| mode | model | frame | clients | fps | p50 ms | p95 ms | p99 ms | superseded | RSS MB | ×limit | ×naive |",
+    lines = [cpu.format_rows(report["cpu"]),
+             "", "| mode | model | frame | clients | fps | p50 ms | p95 ms | p99 ms | superseded | RSS MB | ×limit | ×naive |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["server"]:
         lines.append(f"| {r['mode']} | {r['model']} | {r['frame']} | {r['clients']} | {r['fps']} | {r['p50']} | "
@@ -239,6 +309,8 @@ def format_table(report: dict) -> str:
                      f"batch-1 latency {limit['batch1_latency_ms']} ms")
     if report.get("memory"):
         lines.append(f"RSS with three MobileNetV2 models loaded (LiteRT): {report['memory']['rss_mb']} MB")
+    if report.get("memory_int8"):
+        lines.append(f"RSS with three MobileNetV2 int8 models loaded (LiteRT): {report['memory_int8']['rss_mb']} MB")
     if report.get("cold_start"):
         lines.append(f"cold start from S3: {report['cold_start']}")
     return "\n".join(lines)

@@ -24,7 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except ValueError as exc:
+        # Imported here, not above: `serve` must patch eventlet before the
+        # settings library pulls in ssl and socket.
+        from ..config import SettingsError
+
+        if not isinstance(exc, SettingsError):
+            raise
+        print(f"webapp: {exc}", file=sys.stderr)  # a bad variable: say which, no traceback
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Shared bits of the command-line Socket.IO clients (`predict`, `stream`).
+"""Shared bits of the command-line clients (`predict`, `stream`), built on `webapp_client`.
 
 Nothing network-related is imported at module level: `python -m webapp
 serve` imports every command module, and eventlet must monkey-patch before
@@ -8,6 +8,10 @@ serve` imports every command module, and eventlet must monkey-patch before
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+#: The client package's source in this checkout (clients/python/src).
+CLIENT_SOURCE = Path(__file__).resolve().parents[2] / "clients" / "python" / "src"
 
 
 def add_connection_arguments(parser) -> None:
@@ -18,18 +22,26 @@ def add_connection_arguments(parser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
 
 
-def connect(args):
-    """A connected `socketio.Client` (websocket, falling back to polling), or exit clearly."""
-    import socketio
+def client_package():
+    """The `webapp_client` module.
 
-    client = socketio.Client(reconnection=False)
-    refusals = []  # the server's reason, e.g. "unauthorized"
-    client.on("connect_error", refusals.append)
+    `make run` installs it; a checkout used without that step (the Docker
+    image, a conda environment with `pip install -e .`) has it beside the
+    server, so that copy is used rather than failing.
+    """
     try:
-        client.connect(args.server, transports=["websocket", "polling"],
-                       auth={"token": args.token} if args.token else None, wait_timeout=15)
-    except socketio.exceptions.ConnectionError as exc:
-        reason = refusals[0].get("message") if refusals and isinstance(refusals[0], dict) else exc
-        print(f"error: cannot connect to {args.server}: {reason}", file=sys.stderr)
+        import webapp_client
+    except ImportError:
+        sys.path.append(str(CLIENT_SOURCE))
+        import webapp_client
+    return webapp_client
+
+
+def connect(args):
+    """A connected `webapp_client.Client`, or exit 2 with the reason."""
+    webapp_client = client_package()
+    try:
+        return webapp_client.Client(args.server, token=args.token, timeout=args.timeout)
+    except webapp_client.ConnectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    return client

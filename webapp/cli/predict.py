@@ -1,7 +1,8 @@
 """`webapp predict --server URL --model NAME FILE...`: label image files.
 
 Prints one JSON line per file: the server's `label` object (or its `error`
-object) with the file name added. Exits 1 if any file got an error.
+object) with the file name added. Exits 1 if any file got an error, 2 if the
+server cannot be reached.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .client import add_connection_arguments, connect
+from .client import add_connection_arguments, client_package, connect
 
 
 def register(sub) -> None:
@@ -20,19 +21,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    client = connect(args)
+    PredictionError = client_package().PredictionError
     failed = False
-    try:
+    with connect(args) as client:
         for index, path in enumerate(args.files):
             try:
-                image = path.read_bytes()
+                answer = client.predict(path, model=args.model, top_k=args.top_k, frame_id=index)
             except OSError as exc:
                 answer = {"id": index, "code": "unreadable", "message": f"cannot read {path}: {exc.strerror}"}
-            else:
-                answer = client.call("frame", {"model": args.model, "image": image, "id": index,
-                                               "top_k": args.top_k}, timeout=args.timeout)
+            except PredictionError as exc:
+                answer = exc.to_dict()
             failed = failed or "code" in answer
             print(json.dumps({"file": str(path), **answer}), flush=True)
-    finally:
-        client.disconnect()
     return 1 if failed else 0

@@ -29,6 +29,15 @@ def register(sub) -> None:
                         help="after the upload, tell the servers on this queue (default: $MESSAGE_QUEUE)")
     parser.add_argument("--no-convert", action="store_true",
                         help="do not upload a LiteRT conversion beside the model")
+    parser.add_argument("--quantize", choices=("int8",),
+                        help="also build a full-integer LiteRT model (model.int8.tflite), which servers prefer")
+    parser.add_argument("--calibration", type=Path, metavar="DIR",
+                        help="with --quantize: images like the ones the model will see (every 5th is held out "
+                             "to measure top-1 agreement with the float model)")
+    parser.add_argument("--min-agreement", type=float, default=None, metavar="SHARE",
+                        help="with --quantize: the least top-1 agreement accepted (default 0.98)")
+    parser.add_argument("--force", action="store_true",
+                        help="with --quantize: publish even when the agreement is below --min-agreement")
     parser.set_defaults(run=run)
 
 
@@ -57,6 +66,9 @@ def run(args) -> int:
     if args.model_file.suffix not in (".keras", ".h5") or not args.model_file.is_file():
         print(f"error: {args.model_file} is not a .keras or .h5 file", file=sys.stderr)
         return 2
+    if args.quantize and args.calibration is None:
+        print("error: --quantize int8 needs --calibration DIR (images to calibrate with)", file=sys.stderr)
+        return 2
     try:
         labels = _read_labels(args.labels)
         runtime = KerasRuntime(args.model_file)
@@ -78,6 +90,16 @@ def run(args) -> int:
             labels_txt.write_text("\n".join(labels) + "\n", encoding="utf-8")
             files["labels.txt"] = labels_txt
         model_json.write_text(json.dumps(meta, indent=2))
+        quantized = None
+        if args.quantize:
+            # Before anything is uploaded: a refused int8 model publishes nothing.
+            quantized = _quantize(args, spec, Path(scratch))
+            if quantized is None:
+                return 1
+            files["model.int8.tflite"] = Path(scratch) / "model.int8.tflite"
+            meta["int8"] = {key: quantized[key] for key in ("agreement", "held_out", "calibration_images")}
+            meta["int8"]["file"] = "model.int8.tflite"
+            model_json.write_text(json.dumps(meta, indent=2))
         conversion = None
         if not args.no_convert:
             # Servers then load model.tflite directly and skip converting.
@@ -106,5 +128,30 @@ def run(args) -> int:
             print(f"note: published, but the servers were not notified: {exc}", file=sys.stderr)
     print(json.dumps({"name": args.name, "store": args.store, "files": keys, "processes_notified": notified,
                       "labels": list(spec.labels), "input": described["input"],
-                      "litert": bool(conversion and conversion["ok"])}))
+                      "litert": bool(conversion and conversion["ok"]),
+                      "int8": meta.get("int8")}))
     return 0
+
+
+def _quantize(args, spec, scratch: Path) -> dict | None:
+    """Build model.int8.tflite in `scratch` and judge its agreement; None when refused."""
+    from ..models.runtime.quantize import MIN_AGREEMENT, QuantizeError, quantize
+
+    threshold = MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
+    try:
+        report = quantize(args.model_file, scratch / "model.int8.tflite", spec, args.calibration)
+    except (OSError, QuantizeError) as exc:
+        print(f"error: the model was not published: {exc}", file=sys.stderr)
+        return None
+    line = (f"int8: top-1 agreement with the float model {report['agreement']:.2%} "
+            f"({report['agreeing']}/{report['held_out']} held-out images; "
+            f"{report['calibration_images']} calibration images; {report['bytes'] / 1e6:.1f} MB)")
+    print(line, file=sys.stderr)
+    if report["agreement"] < threshold:
+        if not args.force:
+            print(f"error: the model was not published: int8 agreement {report['agreement']:.2%} is below "
+                  f"{threshold:.2%}; use --force to publish it anyway, or calibrate with images closer to "
+                  "what the model will see", file=sys.stderr)
+            return None
+        print(f"note: int8 agreement is below {threshold:.2%}; published anyway (--force)", file=sys.stderr)
+    return report

@@ -1,8 +1,9 @@
 """`webapp stream --server URL --model NAME [--fps N] PATH`: stream frames.
 
 PATH is a directory of images (sent in name order, as they are) or a video
-file imageio can read (frames JPEG-encoded). The next frame leaves when the
-previous one is answered, no faster than `--fps` nor than the server's hint.
+file imageio can read (frames JPEG-encoded). Pacing is `webapp_client`'s
+stream: the next frame leaves when the previous one is answered, no faster
+than `--fps` nor than the server's hint.
 Prints one JSON line per answer, a progress bar on stderr, and a final
 summary line: frames, fps, latency p50/p95/p99, superseded, errors.
 """
@@ -13,12 +14,13 @@ import io
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
-from .client import add_connection_arguments, connect
+from .client import add_connection_arguments, client_package, connect
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+LATENCY_WINDOW = 100_000
 
 
 def register(sub) -> None:
@@ -49,7 +51,7 @@ def frames_from(path: Path):
     return count, (encode(frame) for frame in iio.imiter(path))
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def percentile(values, q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
@@ -59,36 +61,33 @@ def percentile(values: list[float], q: float) -> float | None:
 def run(args) -> int:
     from tqdm import tqdm
 
+    PredictionError = client_package().PredictionError
+    if args.fps <= 0:
+        print("error: --fps must be positive", file=sys.stderr)
+        return 2
     try:
         total, frames = frames_from(args.path)
     except Exception as exc:
         print(f"error: cannot read frames from {args.path}: {exc}", file=sys.stderr)
         return 2
-    client = connect(args)
-    latencies, codes = [], Counter()
-    hint_s, last_sent, started = 0.0, 0.0, time.perf_counter()
-    try:
-        with tqdm(total=total, unit="frame", file=sys.stderr, disable=None) as bar:
-            for index, image in enumerate(frames):
-                wait = max(1.0 / args.fps, hint_s) - (time.perf_counter() - last_sent)
-                if wait > 0:
-                    time.sleep(wait)
-                last_sent = time.perf_counter()
-                answer = client.call("frame", {"model": args.model, "image": image, "id": index,
-                                               "top_k": args.top_k}, timeout=args.timeout)
-                if "code" in answer:
-                    codes[answer["code"]] += 1
-                else:
-                    latencies.append((time.perf_counter() - last_sent) * 1000.0)
-                    hint_s = answer.get("hint", {}).get("interval_ms", 0) / 1000.0
-                print(json.dumps(answer), flush=True)
-                bar.update(1)
-    finally:
-        client.disconnect()
+    # Percentiles over the last LATENCY_WINDOW answers: bounded on endless streams.
+    latencies, codes = deque(maxlen=LATENCY_WINDOW), Counter()
+    answered, started = 0, time.perf_counter()
+    with connect(args) as client, tqdm(total=total, unit="frame", file=sys.stderr, disable=None) as bar:
+        stream = client.stream(frames, model=args.model, fps=args.fps, top_k=args.top_k)
+        for answer in stream:
+            if isinstance(answer, PredictionError):
+                codes[answer.code] += 1
+                answer = answer.to_dict()
+            else:
+                answered += 1
+                latencies.append(stream.last_round_trip_ms)
+            print(json.dumps(answer), flush=True)
+            bar.update(1)
     elapsed = time.perf_counter() - started
     summary = {
-        "frames": len(latencies) + sum(codes.values()), "answered": len(latencies),
-        "fps": round(len(latencies) / elapsed, 2) if elapsed else None,
+        "frames": answered + sum(codes.values()), "answered": answered,
+        "fps": round(answered / elapsed, 2) if elapsed else None,
         "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                        "p99": percentile(latencies, 99)},
         "superseded": codes.get("superseded", 0),

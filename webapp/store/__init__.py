@@ -1,16 +1,5 @@
-"""Model stores: where model files live (a local directory, or S3)."""
+"""Moved to `webapp.models.store`; these names stay importable for code not moved yet
+(each module of the old package is an alias of its new one)."""
 
-from .base import LocalModelFiles, ModelStore, StoredModel, StoreUnavailable
-from .local import LocalStore
-
-
-def open_store(location: str, cache=None, settings: dict | None = None) -> ModelStore:
-    """The store for a `MODEL_STORE` setting: `s3://bucket/prefix` or a directory."""
-    if location.startswith("s3://"):
-        from .s3 import S3Store
-
-        return S3Store(location, cache, settings or {})
-    return LocalStore(location)
-
-
-__all__ = ["LocalModelFiles", "LocalStore", "ModelStore", "StoredModel", "StoreUnavailable", "open_store"]
+from webapp.models.store import *  # noqa: F401,F403
+from webapp.models.store import __all__  # noqa: F401

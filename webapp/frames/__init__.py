@@ -1,0 +1,1 @@
+"""A frame's path: payload, decoding and its memory budget, limits, batching."""

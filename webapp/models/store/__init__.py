@@ -1,0 +1,16 @@
+"""Model stores: where model files live (a local directory, or S3)."""
+
+from .base import LocalModelFiles, ModelStore, StoredModel, StoreUnavailable
+from .local import LocalStore
+
+
+def open_store(location: str, cache=None, settings: dict | None = None) -> ModelStore:
+    """The store for a `MODEL_STORE` setting: `s3://bucket/prefix` or a directory."""
+    if location.startswith("s3://"):
+        from .s3 import S3Store
+
+        return S3Store(location, cache, settings or {})
+    return LocalStore(location)
+
+
+__all__ = ["LocalModelFiles", "LocalStore", "ModelStore", "StoredModel", "StoreUnavailable", "open_store"]

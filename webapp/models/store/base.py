@@ -1,0 +1,113 @@
+"""The model store interface, shared by every backend.
+
+A store holds models in one of two layouts (the same in a local directory
+and in S3):
+
+* directory: ``<root>/<name>/model.keras`` or ``model.h5``, with optional
+  ``labels.txt``, ``labels.json`` and ``model.json`` beside it;
+* flat (the original S3 bucket design): ``<root>/<name>.keras`` or
+  ``<root>/<name>.h5``, with an optional ``<root>/<name>.labels.txt``.
+
+Either layout may carry the model converted to LiteRT beside it
+(``model.tflite``, or ``<name>.tflite`` in the flat layout).
+
+A store lists models and fetches one as local files; it never loads models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..modelspec import ModelMetadata
+
+#: Model file names in the directory layout, in order of preference.
+DIRECTORY_MODEL_FILES = ("model.keras", "model.h5")
+#: Model file suffixes in the flat layout, in order of preference.
+FLAT_MODEL_SUFFIXES = (".keras", ".h5")
+METADATA_FILES = ("labels.txt", "labels.json", "model.json")
+#: The model converted to LiteRT, when it was published beside the model.
+CONVERTED_FILE = "model.tflite"
+#: The full-integer (int8) LiteRT version, when published with `--quantize int8`.
+INT8_FILE = "model.int8.tflite"
+#: Every file that travels with a model in the directory layout.
+COMPANION_FILES = (*METADATA_FILES, CONVERTED_FILE, INT8_FILE)
+
+#: Called with a fraction 0.0-1.0 while a fetch makes progress.
+ProgressCallback = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """One model as the store lists it: where it is and which version it is."""
+
+    name: str
+    layout: str  # "directory" or "flat"
+    model_key: str  # path or object key of the model file
+    version: str  # short, stable id of the model file's content
+    size: int
+    #: metadata file name ("labels.txt", ...) -> path or object key
+    metadata_keys: dict = field(default_factory=dict)
+    #: Changes whenever the model file *or* any metadata file changes; the
+    #: disk cache and the refresh check key on it.
+    fingerprint: str = ""
+    #: Bytes of all files (model plus metadata), for cache accounting.
+    total_size: int = 0
+    #: ETag of each file when the store has one (S3), for download checks.
+    etags: dict = field(default_factory=dict)
+
+    @property
+    def file_format(self) -> str:
+        return "h5" if self.model_key.endswith(".h5") else "keras"
+
+
+@dataclass(frozen=True)
+class LocalModelFiles:
+    """A fetched model: a local model file plus its parsed metadata."""
+
+    stored: StoredModel
+    model_path: Path
+    metadata: ModelMetadata
+    #: The LiteRT file beside the model, if there is one.
+    converted_path: Path | None = None
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached (network, credentials, missing root)."""
+
+
+def fingerprint_of(parts) -> str:
+    """A short stable id for a set of (file name, version) pairs."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, version in sorted(parts):
+        digest.update(f"{name}={version};".encode())
+    return digest.hexdigest()[:16]
+
+
+class ModelStore(Protocol):
+    description: str
+
+    def list_models(self, max_age: float | None = None) -> list[StoredModel]: ...
+
+    def model_names(self) -> set[str]:
+        """Every model name in the store, listed now (no model file read)."""
+        ...
+
+    def find(self, name: str) -> StoredModel | None: ...
+
+    def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None) -> LocalModelFiles: ...
+
+    def status(self) -> dict: ...
+
+
+def parse_metadata(read_text: Callable[[str], str], metadata_keys: dict) -> ModelMetadata:
+    """Read and parse a model's optional metadata files with `read_text(key)`."""
+    texts = {role: read_text(key) for role, key in metadata_keys.items() if role in METADATA_FILES}
+    return ModelMetadata.parse(
+        labels_txt=texts.get("labels.txt"),
+        labels_json=texts.get("labels.json"),
+        model_json=texts.get("model.json"),
+    )

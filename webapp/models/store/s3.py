@@ -1,0 +1,285 @@
+"""A model store in S3 (or any S3-compatible service), with a local disk cache.
+
+Listing uses ListObjectsV2 only (no model is downloaded to list or to find
+one). A version is the set of files one listing saw, identified by all their
+ETags. Fetching downloads exactly that set into the `DiskCache`: every GET is
+pinned with `IfMatch` to the ETag listed, so a file replaced mid-download
+fails at once (412) instead of mixing two versions, and the set is listed and
+read again; S3 checksums are validated where the object has them
+(`ChecksumMode`), sizes always, and the content when the ETag is a plain MD5.
+A cached copy whose ETags are unchanged is reused. When S3 cannot be reached,
+models already cached keep serving from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import urlparse
+
+from ..cache import DiskCache, model_filename
+from ..modelspec import is_valid_model_name
+from .base import (
+    COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES,
+    LocalModelFiles, ProgressCallback, StoredModel, StoreUnavailable, fingerprint_of,
+)
+
+log = logging.getLogger(__name__)
+
+_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> ("bucket", "some/prefix/")."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3://bucket/prefix URL: {url!r}")
+    prefix = parsed.path.strip("/")
+    return parsed.netloc, f"{prefix}/" if prefix else ""
+
+
+def make_client(settings: dict):
+    """A boto3 S3 client with explicit, bounded timeouts and retries.
+
+    botocore's defaults (60 s connect and read, legacy retries) can hold a
+    frame for minutes when S3 stalls; these bounds make an outage visible in
+    seconds, after which cached models keep serving.
+    """
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    config = BotoConfig(
+        connect_timeout=float(settings["S3_CONNECT_TIMEOUT"]),
+        read_timeout=float(settings["S3_READ_TIMEOUT"]),
+        retries={"mode": "standard", "max_attempts": int(settings["S3_MAX_ATTEMPTS"])},
+    )
+    session = boto3.session.Session()
+    client = session.client("s3", endpoint_url=settings.get("S3_ENDPOINT_URL") or None, config=config)
+    return session, client
+
+
+def _etag(obj: dict) -> str:
+    return str(obj.get("ETag", "")).strip('"')
+
+
+def _model_candidate(rel: str) -> tuple[str, str, int] | None:
+    """(name, layout, preference) if `rel` is a model file; lower preference wins."""
+    if "/" in rel:
+        folder, filename = rel.split("/", 1)
+        if filename in DIRECTORY_MODEL_FILES:
+            return folder, "directory", DIRECTORY_MODEL_FILES.index(filename)
+        return None
+    for rank, suffix in enumerate(FLAT_MODEL_SUFFIXES):
+        if rel.endswith(suffix):
+            return rel[: -len(suffix)], "flat", len(DIRECTORY_MODEL_FILES) + rank
+    return None
+
+
+def group_models(objects: Iterable[dict], prefix: str) -> dict[str, StoredModel]:
+    """Turn listed objects into models, for both layouts (the same preference
+    order as the local store: directory before flat, .keras before .h5)."""
+    by_key = {obj["Key"][len(prefix):]: obj for obj in objects if obj["Key"].startswith(prefix)}
+    chosen: dict[str, tuple[int, str, str]] = {}
+    for rel in by_key:
+        candidate = _model_candidate(rel)
+        if candidate is None or not is_valid_model_name(candidate[0]):
+            continue
+        name, layout, rank = candidate
+        if name not in chosen or rank < chosen[name][0]:
+            chosen[name] = (rank, layout, rel)
+    models = {}
+    for name, (_, layout, rel) in chosen.items():
+        if layout == "directory":
+            metadata = {m: f"{name}/{m}" for m in COMPANION_FILES if f"{name}/{m}" in by_key}
+        else:
+            flat = {"labels.txt": f"{name}.labels.txt", CONVERTED_FILE: f"{name}.tflite"}
+            metadata = {role: key for role, key in flat.items() if key in by_key}
+        obj = by_key[rel]
+        etags = {"model": _etag(obj)}
+        etags.update({role: _etag(by_key[key]) for role, key in metadata.items()})
+        models[name] = StoredModel(
+            name=name, layout=layout, model_key=prefix + rel,
+            # One id for the whole set: labels or metadata changing is a new version too.
+            version=fingerprint_of(etags.items())[:12],
+            size=int(obj["Size"]),
+            metadata_keys={role: prefix + key for role, key in metadata.items()},
+            fingerprint=fingerprint_of(etags.items()),
+            total_size=int(obj["Size"]) + sum(int(by_key[key]["Size"]) for key in metadata.values()),
+            etags=etags,
+        )
+    return models
+
+
+class S3Store:
+    def __init__(self, url: str, cache: DiskCache | None, settings: dict,
+                 protected: Callable[[], Iterable[str]] = lambda: ()):
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.description = url
+        self.cache = cache
+        session, self._client = make_client(settings)
+        self._list_ttl = float(settings["MODEL_LIST_TTL"])
+        self._listing: tuple[float, dict[str, StoredModel]] | None = None
+        self._lock = threading.Lock()
+        self._reachable: bool | None = None
+        self._last_error: str | None = None
+        #: Cache keys ("name/fingerprint") that must not be evicted; set by the registry.
+        self.protected = protected
+        #: Called as on_download(model, seconds) after each download (metrics).
+        self.on_download = lambda model, seconds: None
+        if session.get_credentials() is None:
+            log.warning(
+                "no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                "~/.aws/credentials or an instance role): models in %s cannot be downloaded; "
+                "cached models still serve", self.description)
+
+    # -- listing ---------------------------------------------------------------
+
+    def _list(self, prefix: str) -> list[dict]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            objects = []
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                objects.extend(page.get("Contents", []))
+        except (BotoCoreError, ClientError) as exc:
+            self._reachable, self._last_error = False, f"{type(exc).__name__}: {exc}"
+            raise StoreUnavailable(f"cannot list s3://{self.bucket}/{prefix}: {exc}") from None
+        self._reachable, self._last_error = True, None
+        return objects
+
+    def list_models(self, max_age: float | None = None) -> list[StoredModel]:
+        """Every model, from a listing at most `max_age` seconds old (default MODEL_LIST_TTL)."""
+        max_age = self._list_ttl if max_age is None else max_age
+        with self._lock:
+            if self._listing and time.monotonic() - self._listing[0] < max_age:
+                return list(self._listing[1].values())
+        models = group_models(self._list(self.prefix), self.prefix)
+        ordered = dict(sorted(models.items()))
+        with self._lock:
+            self._listing = (time.monotonic(), ordered)
+        return list(ordered.values())
+
+    def model_names(self) -> set[str]:
+        """The names of every model, listed now (one ListObjectsV2 per 1,000 keys)."""
+        return {model.name for model in self.list_models(max_age=0.0)}
+
+    def find(self, name: str) -> StoredModel | None:
+        """The current version of `name` (always asks S3, so updates are seen).
+
+        If S3 cannot be reached, the most recently used cached version is
+        returned instead, so cached models keep serving through an outage.
+        """
+        if not is_valid_model_name(name):
+            return None
+        was_reachable = self._reachable
+        try:
+            objects = self._list(f"{self.prefix}{name}")
+        except StoreUnavailable:
+            cached = self.cache.latest(name) if self.cache else None
+            if cached is None:
+                raise
+            if was_reachable is not False:  # once per outage, not per check
+                log.warning("S3 unreachable (%s); serving cached models", self._last_error)
+            return cached
+        return group_models(objects, self.prefix).get(name)
+
+    # -- fetching --------------------------------------------------------------
+
+    def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None) -> LocalModelFiles:
+        """The files of `stored`, or of the version that replaced it during the
+        download (read again once); `files.stored` says which."""
+        if self.cache is None:
+            raise RuntimeError("this S3 store has no cache to download into")
+        for attempt in range(2):
+            cached = self.cache.get(stored)
+            if cached is not None:
+                if progress:
+                    progress(1.0)
+                return cached
+            try:
+                return self.cache.put(stored, lambda folder: self._download(stored, folder, progress),
+                                      protected=self.protected())
+            except VersionChanged as exc:
+                fresh = self.find(stored.name)
+                if attempt or fresh is None:
+                    raise
+                log.info("model %s changed during its download (%s); reading the new version %s",
+                         stored.name, exc, fresh.version)
+                stored = fresh
+        raise AssertionError("unreachable")
+
+    def _download(self, stored: StoredModel, folder: Path, progress: ProgressCallback | None) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        files = [(stored.model_key, model_filename(stored), stored.etags.get("model"), stored.size)]
+        files += [(key, role, stored.etags.get(role), None) for role, key in stored.metadata_keys.items()]
+        done = [0]
+        lock = threading.Lock()
+
+        def advance(nbytes: int) -> None:
+            with lock:
+                done[0] += nbytes
+                if progress and stored.total_size:
+                    progress(min(1.0, done[0] / stored.total_size))
+
+        # One GET per file, streamed (no transfer-manager threads: they would
+        # be unpatched real threads under eventlet, and it cannot pin IfMatch).
+        started = time.perf_counter()
+        try:
+            for key, filename, etag, size in files:
+                target = folder / filename
+                request = {"Bucket": self.bucket, "Key": key, "ChecksumMode": "ENABLED"}
+                if etag:
+                    request["IfMatch"] = f'"{etag}"'
+                body = self._client.get_object(**request)["Body"]
+                with open(target, "wb") as out:
+                    for chunk in body.iter_chunks(DOWNLOAD_CHUNK):
+                        out.write(chunk)
+                        advance(len(chunk))
+                _check_file(target, key, etag, size)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise VersionChanged(f"{key} no longer has the ETag listed") from None
+            self._reachable, self._last_error = False, f"{type(exc).__name__}: {exc}"
+            raise StoreUnavailable(f"download of s3://{self.bucket}/{stored.model_key} failed: {exc}") from None
+        except BotoCoreError as exc:
+            self._reachable, self._last_error = False, f"{type(exc).__name__}: {exc}"
+            raise StoreUnavailable(f"download of s3://{self.bucket}/{stored.model_key} failed: {exc}") from None
+        elapsed = time.perf_counter() - started
+        log.info("downloaded model %s (%.1f MB) in %.2fs", stored.name, stored.total_size / 1e6, elapsed)
+        self.on_download(stored.name, elapsed)
+
+    def status(self) -> dict:
+        return {"kind": "s3", "location": self.description, "reachable": self._reachable,
+                "error": self._last_error}
+
+
+class CorruptDownload(StoreUnavailable):
+    """A downloaded file does not match what S3 said it would be."""
+
+
+class VersionChanged(StoreUnavailable):
+    """A file was replaced after the listing its download was pinned to."""
+
+
+#: Bytes read from S3 per write (and progress report).
+DOWNLOAD_CHUNK = 1 << 20
+
+
+def _check_file(path: Path, key: str, etag: str | None, size: int | None) -> None:
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        raise CorruptDownload(f"{key}: got {actual} bytes, expected {size}")
+    if etag and _PLAIN_MD5.fullmatch(etag):
+        digest = hashlib.md5()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != etag:
+            raise CorruptDownload(f"{key}: content does not match its ETag")

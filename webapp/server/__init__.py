@@ -1,0 +1,1 @@
+"""The server process: async-mode primitives, lifecycle, messaging, memory, metrics."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import shutil
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -70,13 +71,29 @@ def wait_for(driver, predicate, timeout=60):
     return wait.until(lambda d: predicate(d))
 
 
+def read_fresh(read, attempts=20):
+    """`read()` again when the element it found was re-rendered meanwhile: the
+    pages replace their label lists and status lines on every answer."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    return read()
+
+
 def text(driver, element_id):
-    return driver.find_element("id", element_id).text
+    return read_fresh(lambda: driver.find_element("id", element_id).text)
 
 
 def top_label(driver):
-    labels = driver.find_elements("css selector", "#labels li .label")
-    return labels[0].text if labels else None
+    def first_label():
+        labels = driver.find_elements("css selector", "#labels li .label")
+        return labels[0].text if labels else None
+
+    return read_fresh(first_label)
 
 
 @pytest.fixture(scope="module")

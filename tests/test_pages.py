@@ -25,7 +25,7 @@ import socketio
 
 from images import encode, shape_image
 from serverproc import ROOT, ServerProcess, free_port
-from test_browser import ARTIFACTS, chromium, text, top_label, wait_for, write_y4m
+from test_browser import ARTIFACTS, chromium, read_fresh, text, top_label, wait_for, write_y4m
 
 PHONE = {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 3.0},
          "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -243,12 +243,12 @@ def test_dashboard_draws_live_charts(fresh_server):
         # The lines grow as samples arrive, one a second.
         wait_for(driver, lambda d: svg_of(d, "chart-fps") != before["chart-fps"]
                  and svg_of(d, "chart-latency") != before["chart-latency"], timeout=20)
-        assert "shapes" in driver.find_element("css selector", "#chart-fps .legend").text
+        assert "shapes" in read_fresh(lambda: driver.find_element("css selector", "#chart-fps .legend").text)
         assert driver.find_elements("css selector", "#chart-memory path"), svg_of(driver, "chart-memory")
         memory = requests.get(server.url + "/api/status", timeout=10).json().get("memory")
         if memory and memory.get("limit_bytes"):  # the process reports its memory: drawn against the limit
             assert driver.find_elements("css selector", "#chart-memory path.limit")
-            assert "% of" in driver.find_element("css selector", "#chart-memory .legend").text
+            assert "% of" in read_fresh(lambda: driver.find_element("css selector", "#chart-memory .legend").text)
         else:  # older snapshot: the page says what it draws instead
             assert "models' memory only" in text(driver, "memory-note")
         assert driver.find_elements("css selector", "#chart-queue path[data-series='shapes']")
@@ -262,9 +262,11 @@ def test_dashboard_draws_live_charts(fresh_server):
         bad.disconnect()
         assert answer["code"] == "bad_image"
         wait_for(driver, lambda d: "bad_image" in text(d, "errors"))
-        item = driver.find_element("css selector", "#errors li")
-        assert item.find_element("css selector", "time").text  # when it happened
-        assert item.find_element("css selector", "code").text == "bad_image"
+        def first_error(part):
+            return read_fresh(lambda: driver.find_element("css selector", f"#errors li {part}").text)
+
+        assert first_error("time")  # when it happened
+        assert first_error("code") == "bad_image"
         time.sleep(3)  # a few more samples for the picture
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
     finally:

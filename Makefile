@@ -43,13 +43,17 @@ $(VENV)/.test-installed: $(VENV)/.base-installed requirements/test.txt requireme
 # redis-server (Debian packages, installed when missing; needs root, as in CI;
 # the tests start their own redis-server on a free port), and
 # Node.js with the official Socket.IO client (examples/node, from its lock).
+# Another apt (unattended upgrades, a second checkout's `make test`) may hold
+# the dpkg lock: wait for it rather than fail.
+APT := apt-get -o DPkg::Lock::Timeout=600
+
 system-deps: examples/node/node_modules/.package-lock.json
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { apt-get update && apt-get install -y chromium chromium-driver; }
-	@command -v redis-server >/dev/null || { apt-get update && apt-get install -y redis-server; }
+	  { $(APT) update && $(APT) install -y chromium chromium-driver; }
+	@command -v redis-server >/dev/null || { $(APT) update && $(APT) install -y redis-server; }
 
 examples/node/node_modules/.package-lock.json: examples/node/package-lock.json
-	@command -v node >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	@command -v node >/dev/null || { $(APT) update && $(APT) install -y nodejs npm; }
 	cd examples/node && npm ci --no-audit --no-fund
 
 # Re-resolve the locks from the *.in files (needs the package index).

@@ -69,7 +69,7 @@ lock:
 # Retrain the bundled demo model (about 5 minutes on 2 cores).
 train-demo: $(VENV)/.base-installed
 	$(BIN)/python -m webapp.demo.train --out models/shapes
-	$(BIN)/python -m webapp.runtime.convert models/shapes/model.keras models/shapes/model.tflite --preprocess raw
+	$(BIN)/python -m webapp.models.runtime.convert models/shapes/model.keras models/shapes/model.tflite --preprocess raw
 
 clean:
 	rm -rf $(VENV)

@@ -14,7 +14,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 

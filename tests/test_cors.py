@@ -172,7 +172,7 @@ def test_http_api_for_every_kind_of_origin(origin_server):
 
 
 def test_origins_are_compared_normalised():
-    from webapp.cors import OriginPolicy, normalise_origin
+    from webapp.web.cors import OriginPolicy, normalise_origin
 
     assert normalise_origin("HTTPS://A.Example:443/") == "https://a.example"
     assert normalise_origin("http://a.example:8080") == "http://a.example:8080"

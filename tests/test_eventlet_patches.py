@@ -20,7 +20,7 @@ COMPARE = """
 import os, random, warnings
 warnings.simplefilter("ignore")
 from eventlet.websocket import RFC6455WebSocket
-from webapp.eventlet_patches import apply_mask
+from webapp.server.eventlet_internals import apply_mask
 
 original = RFC6455WebSocket.__dict__["_apply_mask"].__func__
 cases = 0
@@ -46,7 +46,7 @@ BOUND = """
 import warnings
 warnings.simplefilter("ignore")
 from eventlet import websocket
-from webapp.eventlet_patches import check_internals, install
+from webapp.server.eventlet_internals import check as check_internals, install
 install()
 install()  # idempotent
 message = websocket.RFC6455WebSocket.Message(2, 10)
@@ -73,7 +73,7 @@ def test_messages_are_bounded_across_fragments_and_a_moved_internal_fails_loudly
 
 SIMPLE_WEBSOCKET = """
 import engineio
-from webapp.server import simple_websocket_patches as patches
+from webapp.server import simple_websocket_internals as patches
 eio = engineio.Server(async_mode="threading", max_http_buffer_size=1234)
 shared = eio._async
 patches.install(eio)

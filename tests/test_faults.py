@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -25,7 +24,7 @@ from PIL import Image
 import modelfactory as mf
 from images import encode, noise_image, shape_image
 from redisproc import RedisServer
-from serverproc import ROOT, Client, ServerProcess, free_port
+from serverproc import ROOT, Client, ServerProcess
 
 PREFIX = "projects"
 DEMO = ROOT / "models" / "shapes"

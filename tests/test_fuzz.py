@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from images import encode, noise_image, shape_image
-from webapp.dataplane import FrameRequest
+from webapp.frames.service import FrameRequest
 from webapp.errors import ERROR_CODES, ServingError
-from webapp.imaging import payload_bytes, prepare
-from webapp.modelspec import ModelSpec
+from webapp.frames.images import payload_bytes, prepare
+from webapp.models.modelspec import ModelSpec
 
 MAX_BYTES = 256 * 1024
 SPECS = [ModelSpec("m", "1", 32, 32, 3, ("a", "b", "c"), "raw", "probabilities"),

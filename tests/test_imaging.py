@@ -8,8 +8,8 @@ from PIL import Image
 
 from images import b64, data_url, encode, noise_image, png_header_claiming
 from webapp.errors import BadImage, BadRequest, TooLarge
-from webapp.imaging import centre_crop_box, normalise, open_image, payload_bytes, prepare, to_pixels
-from webapp.modelspec import ModelMetadata, ModelSpec
+from webapp.frames.images import centre_crop_box, normalise, open_image, payload_bytes, prepare, to_pixels
+from webapp.models.modelspec import ModelMetadata, ModelSpec
 
 pytestmark = pytest.mark.quick  # in `make test-fast`
 
@@ -126,7 +126,7 @@ class TestToPixels:
 
 
 def test_jpeg_draft_decoding_stays_close_to_a_full_decode():
-    from webapp.imaging import draft_request
+    from webapp.frames.images import draft_request
 
     assert draft_request(640, 480, 224, 224, False) == (299, 224)
     assert draft_request(640, 480, 224, 224, True) == (299, 224)

@@ -120,7 +120,7 @@ def test_log_format_json_writes_one_json_object_per_line(bounded_server):
         assert not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ webapp", line), line
     assert records, bounded_server.log()
     assert all({"time", "level", "logger", "message"} <= set(record) for record in records), records
-    loaded = [r for r in records if r["logger"] == "webapp.registry" and r["message"].startswith("model alpha")]
+    loaded = [r for r in records if r["logger"] == "webapp.models.registry" and r["message"].startswith("model alpha")]
     assert loaded and loaded[0]["level"] == "INFO", records
 
 

@@ -90,7 +90,7 @@ def test_a_thousand_unknown_names_cost_a_bounded_number_of_store_calls(s3, model
 
 def test_known_is_true_only_for_models_the_server_has_or_the_store_lists(tmp_path, model_file):
     """`ModelRegistry.known` (what metrics label by): memory only, no store call."""
-    from webapp.concurrency import ThreadingConcurrency
+    from webapp.server.async_mode import ThreadingConcurrency
     from webapp.config import load_config
     from webapp.errors import UnknownModel
     from webapp.models.registry import ModelRegistry

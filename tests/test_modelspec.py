@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webapp.modelspec import (
+from webapp.models.modelspec import (
     MetadataError, ModelMetadata, ModelSpec, is_valid_model_name, scores_from_outputs, top_labels,
 )
 

@@ -67,7 +67,7 @@ def test_the_document_describes_every_api_route(app):
     a route added without documenting it fails here."""
     import re
 
-    from webapp.openapi import openapi_document
+    from webapp.web.openapi import openapi_document
 
     api_routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules()
                   if rule.rule.startswith("/api/") or rule.rule in ("/healthz", "/readyz", "/metrics")}

@@ -24,7 +24,7 @@ import requests
 import socketio
 
 from images import encode, shape_image
-from serverproc import ROOT, ServerProcess, free_port
+from serverproc import ServerProcess, free_port
 from test_browser import ARTIFACTS, chromium, read_fresh, text, top_label, wait_for, write_y4m
 
 PHONE = {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 3.0},

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -104,7 +103,7 @@ def test_two_processes_share_notifications_monitors_and_new_versions(s3, tmp_pat
 def test_notify_command_reaches_every_listening_process(redis_url):
     import redis
 
-    from webapp.messaging import CONTROL_CHANNEL
+    from webapp.server.messaging import CONTROL_CHANNEL
 
     def notify() -> dict:
         done = subprocess.run([sys.executable, "-m", "webapp", "notify", "--queue", redis_url, "--model", "x"],

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from webapp.concurrency import ThreadingConcurrency
+from webapp.server.async_mode import ThreadingConcurrency
 from webapp.errors import ModelUnavailable
-from webapp.scheduler import ModelBatcher
+from webapp.frames.batching import ModelBatcher
 
 pytestmark = pytest.mark.quick  # in `make test-fast`
 

@@ -6,7 +6,7 @@ import pytest
 
 import json
 
-from webapp.socket_packets import BoundedPacket, RefusedAttachments
+from webapp.web.attachment_limit import BoundedPacket, RefusedAttachments
 
 pytestmark = pytest.mark.quick  # in `make test-fast`
 

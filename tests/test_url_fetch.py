@@ -133,7 +133,7 @@ def test_policy_refuses_non_public_addresses(address):
     import ipaddress
 
     from webapp.errors import BadRequest
-    from webapp.urlfetch import UrlPolicy
+    from webapp.frames.url_fetch import UrlPolicy
 
     with pytest.raises(BadRequest):
         UrlPolicy().check_address("example.test", ipaddress.ip_address(address))
@@ -142,7 +142,7 @@ def test_policy_refuses_non_public_addresses(address):
 def test_policy_allows_public_addresses_and_the_allow_list():
     import ipaddress
 
-    from webapp.urlfetch import UrlPolicy
+    from webapp.frames.url_fetch import UrlPolicy
 
     UrlPolicy().check_address("example.test", ipaddress.ip_address("93.184.215.14"))
     UrlPolicy(["10.0.0.0/8"]).check_address("intranet", ipaddress.ip_address("10.1.2.3"))
@@ -166,7 +166,7 @@ def test_the_connection_goes_to_the_checked_address(images_site, monkeypatch):
     """DNS rebinding: the name resolves to an allowed address when checked and
     to another one afterwards. The fetch connects to the address it checked
     (the only one where the picture is) and sends the name as Host."""
-    from webapp import urlfetch
+    from webapp.frames import url_fetch as urlfetch
 
     port = int(images_site.rsplit(":", 1)[1])
     real_getaddrinfo = socket.getaddrinfo

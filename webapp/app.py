@@ -8,22 +8,23 @@ import sys
 
 from flask import Flask
 
-from . import health, http_api, operations, pages, socket_events
-from .access import AccessPolicy
-from .cache import DiskCache
-from .concurrency import Concurrency
 from .config import PROJECT_ROOT, load_config
-from .cors import OriginPolicy
-from .dataplane import DataPlane
 from .extensions import socketio
-from .lifecycle import Lifecycle
-from .metrics import Metrics
-from .operations import StatusBoard
-from .registry import ModelRegistry
-from .server.memory import MemoryWatch, return_freed_memory_to_the_system
+from .frames.access import AccessPolicy
+from .frames.service import PredictionService
+from .models.cache import DiskCache
+from .models.registry import ModelRegistry
+from .models.store import open_store
+from .server.async_mode import Concurrency
 from .server.connections import bound_connections
-from .socket_packets import BoundedPacket, quiet_malformed_packets
-from .store import open_store
+from .server.lifecycle import Lifecycle
+from .server import library_internals
+from .server.memory import MemoryWatch, return_freed_memory_to_the_system
+from .server.metrics import Metrics
+from .server.status_board import StatusBoard, start_status_feed
+from .web import health, http_api, monitoring, pages, socketio_events
+from .web.attachment_limit import BoundedPacket, quiet_malformed_packets
+from .web.cors import OriginPolicy
 
 
 def socketio_buffer_limit(max_frame_bytes: int) -> int:
@@ -40,6 +41,9 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the app. `config` overrides settings read from the environment."""
     settings = load_config(config)
     _configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
+    # Before anything is built: a library upgrade that moved an internal the
+    # server relies on stops it here, naming the internal (InternalsChanged).
+    library_internals.check(settings["ASYNC_MODE"])
 
     app = Flask(
         __name__,
@@ -54,19 +58,19 @@ def create_app(config: dict | None = None) -> Flask:
     cache = DiskCache(settings["MODEL_CACHE_DIR"], int(float(settings["MODEL_CACHE_MAX_MB"]) * 1024 * 1024))
     store = open_store(settings["MODEL_STORE"], cache, settings)
     registry = ModelRegistry(store, concurrency, settings, cache)
-    dataplane = DataPlane(registry, concurrency, settings)
-    app.extensions["dataplane"] = dataplane
+    service = PredictionService(registry, concurrency, settings)
+    app.extensions["predictions"] = service
 
     return_freed_memory_to_the_system()
     memory = MemoryWatch(settings)
     memory.announce()
     metrics = Metrics()
     metrics.watch(registry, cache, memory)
-    board = StatusBoard(registry, cache, metrics, socket_events.PROCESS_ID, memory)
-    dataplane.observers += [metrics, board]
+    board = StatusBoard(registry, cache, metrics, socketio_events.PROCESS_ID, memory)
+    service.observers += [metrics, board]
     store.on_download = metrics.downloaded
     app.extensions["metrics"], app.extensions["status"] = metrics, board
-    app.extensions["lifecycle"] = Lifecycle(dataplane, socketio, concurrency)
+    app.extensions["lifecycle"] = Lifecycle(service, socketio, concurrency)
     app.extensions["access"] = AccessPolicy(settings["PROJECT_TOKENS"], settings["ADMIN_TOKEN"])
 
     origins = settings["CORS_ORIGINS"]
@@ -82,10 +86,10 @@ def create_app(config: dict | None = None) -> Flask:
         channel="webapp-socketio",
         max_http_buffer_size=socketio_buffer_limit(settings["MAX_FRAME_BYTES"]),
     )
-    socket_events.track_ack_requests(socketio.server)
+    socketio_events.watch_events(socketio.server)
     bound_connections(app, socketio.server, settings)  # message size, MAX_CONNECTIONS, HANDSHAKE_TIMEOUT
     quiet_malformed_packets()
-    registry.announce = socket_events.announce_to_model_users
+    registry.announce = socketio_events.announce_to_model_users
     if origins:
         from flask_cors import CORS
 
@@ -94,17 +98,17 @@ def create_app(config: dict | None = None) -> Flask:
     http_api.init_app(app)
     health.init_app(app)
     pages.init_app(app)
-    operations.init_app(app)
+    monitoring.init_app(app)
 
     if settings.get("START_BACKGROUND", True):
-        dataplane.start(settings["MODELS_PRELOAD"])
-        operations.start_status_feed(socketio, board, concurrency)
+        service.start(settings["MODELS_PRELOAD"])
+        start_status_feed(socketio, board, concurrency)
         if settings["MESSAGE_QUEUE"]:
-            from .messaging import ControlListener
-            from .monitor_feed import MonitorFeed
+            from .server.messaging import ControlListener
+            from .server.monitor_feed import MonitorFeed
 
             ControlListener(settings["MESSAGE_QUEUE"], registry, concurrency).start()
-            app.extensions["monitor_feed"] = MonitorFeed(socket_events.publish_monitor_copy, concurrency)
+            app.extensions["monitor_feed"] = MonitorFeed(socketio_events.publish_monitor_copy, concurrency)
     return app
 
 

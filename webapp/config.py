@@ -46,6 +46,8 @@ MAX_CONNECTIONS_RANGE = (16, 10_000)
 
 CommaList = Annotated[list[str], NoDecode]
 PositiveInt = Annotated[int, Field(gt=0)]
+#: Pillow's default `Image.MAX_IMAGE_PIXELS` (Pillow 13), the ceiling of ours.
+PILLOW_BOMB_LIMIT = 89_478_485
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -152,8 +154,10 @@ class Settings(BaseSettings):
     MAX_FRAME_BYTES: Annotated[int, Field(gt=0, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
     #: Largest image accepted, checked from the header before decoding. 64 MP
     #: admits every phone camera's full-size JPEG (12-50 MP); what decoding
-    #: costs in memory is bounded separately by DECODE_MEMORY_MB.
-    MAX_IMAGE_PIXELS: PositiveInt = 64_000_000
+    #: costs in memory is bounded separately by DECODE_MEMORY_MB. At most
+    #: Pillow's own bomb limit (89,478,485), so Pillow's check, which is
+    #: process-wide and left as Pillow sets it, never refuses what ours admits.
+    MAX_IMAGE_PIXELS: Annotated[int, Field(gt=0, le=PILLOW_BOMB_LIMIT)] = 64_000_000
     DEFAULT_TOP_K: Annotated[int, Field(ge=1, le=100)] = 5
     #: Frames per second one Socket.IO client may send (0: no limit); more are
     #: answered `rate_limited`. Bursts of up to one second's worth are allowed.
@@ -219,7 +223,7 @@ def load_config(overrides: dict | None = None) -> dict:
     settings["SECRET_KEY"] = settings["SECRET_KEY"] or os.urandom(24).hex()
     if "*" in settings["CORS_ORIGINS"] and settings["CORS_CREDENTIALS"]:
         raise SettingsError("CORS_ORIGINS='*' is refused when CORS_CREDENTIALS is on: list the origins instead")
-    from .access import AccessPolicy
+    from .frames.access import AccessPolicy
 
     AccessPolicy(settings["PROJECT_TOKENS"], settings["ADMIN_TOKEN"])  # token -> model rules are well formed
     _derive_budgets(settings)

@@ -12,7 +12,7 @@ signalling) until the test removes it: frames sent meanwhile queue behind it,
 so a test can make several frames share the next call for certain.
 
 Nothing is imported here up front (the server monkey-patches at start-up):
-`webapp.scheduler` is instrumented when the server itself imports it.
+`webapp.frames.batching` is instrumented when the server itself imports it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import sys
 from time import sleep as _real_sleep  # taken before eventlet patches `time`
 
-_TARGET = "webapp.scheduler"
+_TARGET = "webapp.frames.batching"
 _DIR = os.environ.get("WEBAPP_TEST_CALL_SIGNALS")
 _calls = itertools.count(1)
 

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from ..runtime.convert import convert
+    from ..models.runtime.convert import convert
 
     keras.utils.set_random_seed(0)
     folder = args.store / "mobilenetv2"
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
 
 def _int8(store: Path, folder: Path, copies: int) -> dict:
-    from ..modelspec import ModelMetadata, ModelSpec
+    from ..models.modelspec import ModelMetadata, ModelSpec
     from ..models.runtime.quantize import quantize
     from .run import jpeg
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.litert_runtime import LiteRTRuntime
+from ..models.runtime.litert_runtime import LiteRTRuntime
 
 
 def _interpreter(tflite: Path, threads: int, batch: int):

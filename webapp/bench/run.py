@@ -249,7 +249,7 @@ def _cold_start(store: Path, work: Path) -> dict | None:
             client.download_file("bench", f"models/cold/{path.name}", str(scratch / path.name))
         download_s = time.perf_counter() - started
         started = time.perf_counter()
-        from ..runtime.litert_runtime import LiteRTRuntime
+        from ..models.runtime.litert_runtime import LiteRTRuntime
 
         runtime = LiteRTRuntime(scratch / "model.tflite")
         runtime.predict(np.zeros((1, *runtime.input_shape), np.float32))

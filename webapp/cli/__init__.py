@@ -26,14 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         # Imported here, not above: `serve` must patch eventlet before the
         # settings library pulls in ssl and socket.
         from ..config import SettingsError
+        from ..server.library_internals import InternalsChanged
 
-        if not isinstance(exc, SettingsError):
+        if not isinstance(exc, (SettingsError, InternalsChanged)):
             raise
-        print(f"webapp: {exc}", file=sys.stderr)  # a bad variable: say which, no traceback
+        # A bad variable, or a library upgrade that moved an internal: say which, no traceback.
+        print(f"webapp: {exc}", file=sys.stderr)
         return 2
 
 

@@ -16,7 +16,7 @@ def run(args) -> int:
     import sys
 
     from ..config import load_config
-    from ..store import StoreUnavailable, open_store
+    from ..models.store import StoreUnavailable, open_store
 
     settings = load_config()
     store = open_store(args.store or settings["MODEL_STORE"], None, settings)

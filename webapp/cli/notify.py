@@ -16,7 +16,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..messaging import notify_revalidate
+    from ..server.messaging import notify_revalidate
 
     if not args.queue:
         print("error: give --queue redis://... (or set MESSAGE_QUEUE)", file=sys.stderr)

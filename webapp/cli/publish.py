@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..modelspec import OUTPUT_KINDS, PREPROCESS_MODES, is_valid_model_name
+from ..models.modelspec import OUTPUT_KINDS, PREPROCESS_MODES, is_valid_model_name
 
 
 def register(sub) -> None:
@@ -55,10 +55,10 @@ def _read_labels(path: Path | None):
 
 def run(args) -> int:
     from ..config import load_config
-    from ..modelspec import MetadataError, ModelMetadata, ModelSpec
-    from ..runtime import RuntimeLoadError
-    from ..runtime.keras_runtime import KerasRuntime
-    from ..store.publish import publish
+    from ..models.modelspec import MetadataError, ModelMetadata, ModelSpec
+    from ..models.runtime import RuntimeLoadError
+    from ..models.runtime.keras_runtime import KerasRuntime
+    from ..models.store.publish import publish
 
     if not is_valid_model_name(args.name):
         print(f"error: {args.name!r} is not a valid model name ([A-Za-z0-9][A-Za-z0-9._-]{{0,63}})", file=sys.stderr)
@@ -103,7 +103,7 @@ def run(args) -> int:
         conversion = None
         if not args.no_convert:
             # Servers then load model.tflite directly and skip converting.
-            from ..runtime.convert import convert
+            from ..models.runtime.convert import convert
 
             tflite = Path(scratch) / "model.tflite"
             conversion = convert(args.model_file, tflite, spec.preprocess)
@@ -120,7 +120,7 @@ def run(args) -> int:
             keys = publish(args.store, args.name, files, settings, progress=bar.update)
     notified = None
     if args.queue:
-        from ..messaging import notify_revalidate
+        from ..server.messaging import notify_revalidate
 
         try:
             notified = notify_revalidate(args.queue, args.name)

@@ -38,6 +38,11 @@ def run(args) -> int:
     if args.port:
         overrides["PORT"] = args.port
     settings = load_config(overrides)
+    from ..server import library_internals
+
+    # Here too, not only in create_app: gunicorn builds the app in its worker,
+    # where a failure would read as "worker failed to boot".
+    library_internals.check(settings["ASYNC_MODE"])
     if settings["ASYNC_MODE"] == "eventlet":
         _run_eventlet(overrides, settings)
     else:
@@ -49,7 +54,7 @@ def _run_eventlet(overrides: dict, settings: dict) -> None:
     import logging
 
     from .. import create_app, socketio
-    from ..eventlet_patches import terminate_chunked_input
+    from ..server.eventlet_internals import terminate_chunked_input
 
     app = create_app(overrides)
     app.wsgi_app = terminate_chunked_input(app.wsgi_app)
@@ -74,7 +79,7 @@ def _patch_for_eventlet() -> None:
         import eventlet
 
     eventlet.monkey_patch(thread=False)
-    from ..eventlet_patches import install
+    from ..server.eventlet_internals import install
 
     install()
 

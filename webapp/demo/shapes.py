@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..imaging import centre_crop_box  # the server's own crop rule
+from ..frames.images import centre_crop_box  # the server's own crop rule
 
 LABELS = ("circle", "square", "triangle", "star")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ServingError
-from ..scheduler import ModelBatcher
+from ..frames.batching import ModelBatcher
 from .modelspec import ModelSpec
 from .store import StoredModel
 

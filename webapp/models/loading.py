@@ -10,14 +10,14 @@ import time
 import numpy as np
 
 from ..errors import ModelUnavailable, ServingError, UnknownModel
-from ..scheduler import ModelBatcher
+from ..frames.batching import ModelBatcher
 from .entry import LoadedModel, ModelEntry
 from .modelspec import MetadataError, ModelSpec
 from .runtime import RuntimeLoadError, load_runtime
 from .runtime.base import return_freed_memory
 from .store import StoredModel, StoreUnavailable
 
-log = logging.getLogger("webapp.registry")
+log = logging.getLogger("webapp.models.registry")
 
 #: Seconds before a model that failed to load is tried again, doubling per failure.
 RETRY_BACKOFF_START = 2.0

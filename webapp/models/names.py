@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 
-from ..concurrency import Concurrency
+from ..server.async_mode import Concurrency
 from .store import ModelStore, StoreUnavailable
 
-log = logging.getLogger("webapp.registry")
+log = logging.getLogger("webapp.models.registry")
 
 #: How often a miss may list the store again.
 UNKNOWN_RELIST_SECONDS = 2.0

@@ -11,7 +11,7 @@ from ..errors import ServingError
 from .entry import ModelEntry
 from .store import StoreUnavailable
 
-log = logging.getLogger("webapp.registry")
+log = logging.getLogger("webapp.models.registry")
 
 
 class RefreshMixin:

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 
-from ..concurrency import Concurrency
+from ..server.async_mode import Concurrency
 from ..errors import ModelUnavailable, ServingError, UnknownModel
 from .cache import DiskCache, recent
 from .entry import Announcer, LoadedModel, ModelEntry, StatusListener
@@ -34,7 +34,7 @@ from .residency import ResidencyMixin
 from .store import ModelStore, StoreUnavailable
 from .warmset import WARM_SET_MAX_AGE, WarmSetMixin
 
-log = logging.getLogger("webapp.registry")
+log = logging.getLogger("webapp.models.registry")
 
 __all__ = ["Announcer", "LoadedModel", "ModelRegistry", "RETRY_BACKOFF_MAX", "RETRY_BACKOFF_START",
            "StatusListener", "UNKNOWN_RELIST_SECONDS", "WARM_SET_MAX_AGE"]

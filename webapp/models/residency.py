@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("webapp.registry")
+log = logging.getLogger("webapp.models.registry")
 
 
 class ResidencyMixin:

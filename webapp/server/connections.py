@@ -17,8 +17,10 @@ holds memory and, in threading mode, a worker thread for its websocket, so:
   its `connect_error` first.
 
 python-socketio offers no hook for "a CONNECT was refused", so `install`
-wraps its `_handle_connect` (an internal, checked at start-up) and the
-Engine.IO `connect`/`disconnect` handlers it registers (public: `eio.on`).
+looks after each one through `socketio_internals.after_connect`, and wraps
+the Engine.IO `connect`/`disconnect` handlers it registers (public: `eio.on`).
+The Engine.IO internals used (the session table, closing without waiting)
+are checked in `engineio_internals`.
 Deadlines are checked by one background task per process, not a timer per
 session.
 
@@ -88,11 +90,11 @@ class ConnectionGate:
 
     def install(self, server) -> None:
         """Hook into a python-socketio Server (and its Engine.IO server)."""
-        check_internals(server)
+        from . import socketio_internals
+
         self._server = server
         eio = server.eio
         on_eio_connect, on_eio_disconnect = eio.handlers["connect"], eio.handlers["disconnect"]
-        handle_connect = server._handle_connect
 
         def eio_connect(eio_sid, environ, *args):
             refused = on_eio_connect(eio_sid, environ, *args)
@@ -116,14 +118,12 @@ class ConnectionGate:
                 self._refused.pop(eio_sid, None)
             return on_eio_disconnect(eio_sid, *args)
 
-        def socketio_connect(srv, eio_sid, namespace, data):
-            result = handle_connect(eio_sid, namespace, data)
+        def after_socketio_connect(eio_sid):
             if self._has_namespace(eio_sid):
                 with self._lock:
                     self._pending.pop(eio_sid, None)
             else:
                 self._close_refused(eio_sid)
-            return result
 
         def eio_disconnect_without_waiting(sid=None):
             if sid is None:
@@ -137,7 +137,7 @@ class ConnectionGate:
         eio.on("connect", eio_connect)
         eio.on("disconnect", eio_disconnect)
         eio.disconnect = eio_disconnect_without_waiting
-        server._handle_connect = socketio_connect.__get__(server)
+        socketio_internals.after_connect(server, after_socketio_connect)
 
     # ---- closing ---------------------------------------------------------
 
@@ -194,47 +194,19 @@ class ConnectionGate:
             self._close(sid, "refused")
 
 
-def check_internals(server) -> None:
-    """Fail loudly at start-up if python-socketio/Engine.IO moved what `install` wraps."""
-    import inspect
-
-    missing = []
-    handle_connect = getattr(server, "_handle_connect", None)
-    if handle_connect is None or list(inspect.signature(handle_connect).parameters) != ["eio_sid", "namespace",
-                                                                                        "data"]:
-        missing.append("socketio.Server._handle_connect(eio_sid, namespace, data)")
-    eio = getattr(server, "eio", None)
-    for name in ("connect", "disconnect"):
-        if eio is None or name not in getattr(eio, "handlers", {}):
-            missing.append(f"engineio.Server.handlers[{name!r}]")
-    if eio is not None and not isinstance(getattr(eio, "sockets", None), dict):
-        missing.append("engineio.Server.sockets")
-    from engineio.socket import Socket as EngineIOSocket
-
-    if "wait" not in inspect.signature(EngineIOSocket.close).parameters:
-        missing.append("engineio.socket.Socket.close(wait=...)")
-    manager = getattr(server, "manager", None)
-    for name in ("sid_from_eio_sid", "get_namespaces"):
-        if not callable(getattr(manager, name, None)):
-            missing.append(f"socketio manager.{name}")
-    if missing:
-        raise RuntimeError("python-socketio/python-engineio lack what webapp.server.connections relies on: "
-                           f"{', '.join(missing)}; pin the versions in pyproject.toml / requirements")
-
-
 def bound_connections(app, server, settings: dict) -> ConnectionGate:
     """Install every network bound on a freshly initialised Socket.IO server."""
     if settings["ASYNC_MODE"] == "threading":
-        from .simple_websocket_patches import install as bound_simple_websocket
+        from .simple_websocket_internals import install as bound_simple_websocket
 
         bound_simple_websocket(server.eio)
     else:
         # Idempotent; `webapp serve` installed it already, before monkey-patching
         # finished. Here for apps built any other way.
-        from ..eventlet_patches import install as bound_eventlet_websocket
+        from .eventlet_internals import install as bound_eventlet_websocket
 
         bound_eventlet_websocket()
-    from .engineio_patches import install as end_pings_at_close
+    from .engineio_internals import install as end_pings_at_close
 
     end_pings_at_close()
     gate = ConnectionGate(effective_max_connections(settings), float(settings["HANDSHAKE_TIMEOUT"]))

@@ -58,7 +58,7 @@ def split_images(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def prepare_images(paths: list[Path], spec) -> np.ndarray:
     """The images as the server feeds them to this model: float32 [n, H, W, C]."""
-    from ...imaging import prepare
+    from ...frames.images import prepare
 
     return np.stack([prepare(path.read_bytes(), spec, 10**9) for path in paths]).astype(np.float32)
 

@@ -25,7 +25,7 @@ bound, ~8 MB) stayed alive for every such connection (measured: +800 MB after
 reader has finished.
 
 Only this server's Engine.IO driver table is changed (`install(eio)`), not the
-library's, and `check_internals` fails loudly at start-up if an upgrade moved
+library's, and `check` fails loudly at start-up if an upgrade moved
 what this relies on (pyproject.toml bounds the versions too).
 """
 
@@ -36,6 +36,8 @@ import socket
 
 import simple_websocket
 from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
+
+from .library_internals import source_of
 
 
 class _ReceiverWakingServer(simple_websocket.Server):
@@ -74,7 +76,7 @@ class BoundedWebSocketWSGI(SimpleWebSocketWSGI):
                 pass
 
 
-def check_internals() -> None:
+def check() -> None:
     """Fail loudly if simple-websocket/Engine.IO no longer have what this relies on."""
     import simple_websocket
     from simple_websocket import ws
@@ -82,17 +84,20 @@ def check_internals() -> None:
     missing = []
     if "max_message_size" not in inspect.signature(simple_websocket.Server.__init__).parameters:
         missing.append("simple_websocket.Server(max_message_size=...)")
-    if "incoming_message_len" not in inspect.getsource(ws.Base._handle_events):
+    if "incoming_message_len" not in source_of(ws.Base._handle_events):
         missing.append("simple_websocket.ws.Base._handle_events counting fragments (incoming_message_len)")
-    call = inspect.getsource(SimpleWebSocketWSGI.__call__)
+    call = source_of(SimpleWebSocketWSGI.__call__)
     if "simple_websocket.Server(environ, **self.server_args)" not in call or "StopIteration" not in call:
         missing.append("engineio SimpleWebSocketWSGI.__call__ building simple_websocket.Server(environ, **kwargs)")
-    thread = inspect.getsource(ws.Base._thread)
+    thread = source_of(ws.Base._thread)
     if "self.connected = self._handle_events()" not in thread:
         missing.append("simple_websocket.ws.Base._thread (reader loop setting `connected`)")
-    if missing:
-        raise RuntimeError("simple-websocket/python-engineio lack what webapp.server.simple_websocket_patches "
-                           f"relies on: {', '.join(missing)}; pin the versions in pyproject.toml / requirements")
+    from importlib.metadata import version
+
+    from .library_internals import require
+
+    require(f"simple-websocket {version('simple-websocket')} / python-engineio {version('python-engineio')}",
+            missing, "simple_websocket_internals")
 
 
 def install(eio) -> None:
@@ -101,8 +106,10 @@ def install(eio) -> None:
     if current is BoundedWebSocketWSGI:
         return
     if current is not SimpleWebSocketWSGI:
-        raise RuntimeError(f"Engine.IO's threading driver uses {current!r} for websockets, "
-                           "not SimpleWebSocketWSGI: webapp.server.simple_websocket_patches needs updating")
-    check_internals()
+        from .library_internals import InternalsChanged
+
+        raise InternalsChanged(f"Engine.IO's threading driver uses {current!r} for websockets, "
+                           "not SimpleWebSocketWSGI: webapp.server.simple_websocket_internals needs updating")
+    check()
     # A copy: the driver module's table is shared by every Engine.IO server.
     eio._async = {**eio._async, "websocket": BoundedWebSocketWSGI}

@@ -9,8 +9,8 @@ drift from what the server does.
 
 from __future__ import annotations
 
-from .dataplane import MAX_TOP_K
-from .errors import ERROR_CODES
+from ..errors import ERROR_CODES
+from ..frames.service import MAX_TOP_K
 
 
 def _error(description: str) -> dict:

@@ -7,57 +7,36 @@ same object as the ack instead. Errors never close the connection.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
-import time
 import socket as _socket
+import time
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError  # Socket.IO's own, not the builtin OSError
-from socketio import packet
 
-from .access import OPEN, Grant
-from .dataplane import DataPlane, FrameRequest, safe_frame_id
-from .errors import BadRequest, RateLimited, ServingError, Unauthorized
-from .extensions import socketio
-from .server.connections import OVER_CAPACITY
-from .socket_packets import RefusedAttachments
+from ..errors import BadRequest, RateLimited, ServingError, Unauthorized
+from ..extensions import socketio
+from ..frames.access import OPEN, Grant
+from ..frames.service import PredictionService, FrameRequest, safe_frame_id
+from ..server import socketio_internals
+from ..server.connections import OVER_CAPACITY
+from .attachment_limit import RefusedAttachments
 
 log = logging.getLogger(__name__)
 
-# Whether the event being handled asked for an ack. python-socketio does not
-# tell handlers this, and the protocol answers an ack *instead of* an event,
-# so `track_ack_requests` records it around each event dispatch. A ContextVar
-# is per thread and per green thread, so concurrent handlers don't mix.
-_ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested", default=False)
+def watch_events(server) -> None:
+    """Note whether each event asked for an ack (see `socketio_internals`), and
+    answer events whose binary attachments were refused (`attachment_limit`)
+    without running their handler."""
+    socketio_internals.watch_events(server, _refused_attachments, _emit_to_client)
 
 
-def track_ack_requests(server) -> None:
-    """Wrap the server's event dispatch to note whether an ack was requested.
-
-    It also answers events whose binary attachments were refused (see
-    `socket_packets`) without running their handler.
-    """
-    dispatch = server._handle_event_internal
-
-    def dispatch_tracking_ack(srv, sid, eio_sid, data, namespace, ack_id):
-        if len(data) > 1 and isinstance(data[1], RefusedAttachments):
-            log.info("refused an event: it declared %d binary attachments", data[1].declared)
-            answer = BadRequest(data[1].message()).to_dict(safe_frame_id(data[1].header))
-            if ack_id is not None:
-                srv._send_packet(eio_sid, srv.packet_class(packet.ACK, namespace=namespace, id=ack_id,
-                                                           data=[answer]))
-            else:
-                _emit_to_client(sid, "error", answer)
-            return None
-        token = _ack_requested.set(ack_id is not None)
-        try:
-            return dispatch(srv, sid, eio_sid, data, namespace, ack_id)
-        finally:
-            _ack_requested.reset(token)
-
-    server._handle_event_internal = dispatch_tracking_ack
+def _refused_attachments(data: list) -> dict | None:
+    if len(data) > 1 and isinstance(data[1], RefusedAttachments):
+        log.info("refused an event: it declared %d binary attachments", data[1].declared)
+        return BadRequest(data[1].message()).to_dict(safe_frame_id(data[1].header))
+    return None
 
 
 def _emit_to_client(sid: str, event: str, payload: dict) -> None:
@@ -71,14 +50,14 @@ def _emit_to_client(sid: str, event: str, payload: dict) -> None:
 
 def _reply(event: str, payload: dict):
     """Answer the sender: as the ack if one was requested, else as an event."""
-    if _ack_requested.get():
+    if socketio_internals.ack_requested():
         return payload
     _emit_to_client(request.sid, event, payload)
     return None
 
 
-def _dataplane() -> DataPlane:
-    return current_app.extensions["dataplane"]
+def _service() -> PredictionService:
+    return current_app.extensions["predictions"]
 
 
 def model_room(model: str) -> str:
@@ -145,7 +124,7 @@ def _grant() -> Grant:
 
 @socketio.on("connect")
 def on_connect(auth=None):
-    if _dataplane().draining:
+    if _service().draining:
         raise ConnectionRefusedError("shutting_down")
     if request.environ.get(OVER_CAPACITY):
         log.info("refused a client: MAX_CONNECTIONS sessions are open")
@@ -191,12 +170,12 @@ def _check_rate() -> None:
 
 @socketio.on("frame")
 def on_frame(data=None, *extra):
-    dataplane = _dataplane()
+    service = _service()
     try:
         _check_rate()
-        frame = FrameRequest.parse(data, dataplane.default_top_k)
+        frame = FrameRequest.parse(data, service.default_top_k)
         _grant().require(frame.model)
-        result = dataplane.predict(frame, client_key=request.sid, on_status=_status_emitter(request.sid))
+        result = service.predict(frame, client_key=request.sid, on_status=_status_emitter(request.sid))
         _copy_to_monitors(result)
         try:
             # Joined once the model answered, so unknown names create no rooms.
@@ -216,7 +195,7 @@ def on_frame(data=None, *extra):
 @socketio.on("models")
 def on_models(*_args):
     try:
-        payload = _dataplane().list_models(_grant())
+        payload = _service().list_models(_grant())
     except ServingError as exc:
         return _reply("error", exc.to_dict())
     return _reply("models", payload)

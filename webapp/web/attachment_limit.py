@@ -8,7 +8,7 @@ and make the server hold gigabytes for one event. No event of this protocol
 carries more than one binary (a frame's image), so a header that declares
 more is refused: its attachments are counted and dropped as they arrive, and
 when the last one is in, the event is answered `bad_request` instead of being
-handled (see `socket_events.track_ack_requests`). The connection stays open.
+handled (see `socketio_events.watch_events`). The connection stays open.
 
 This is the packet class python-socketio lets an application choose (its
 `serializer` option), rather than a patch of the server.

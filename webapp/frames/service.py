@@ -1,6 +1,6 @@
 """The data plane: one frame in, one `label` result out, for every transport.
 
-Socket.IO events and HTTP requests both end up in `DataPlane.predict`, so the
+Socket.IO events and HTTP requests both end up in `PredictionService.predict`, so the
 protocol's behaviour (validation, error codes, timing fields, result shape) is
 defined once. The data plane owns no I/O of its own: it asks the registry for
 the model, runs decoding on a native thread, and waits for the model's
@@ -14,15 +14,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ..errors import BadRequest, ModelUnavailable, Overloaded, ServingError, Superseded, UnknownModel
+from ..models.modelspec import is_valid_model_name, scores_from_outputs, top_labels
+from ..models.registry import ModelRegistry, StatusListener
+from ..server.async_mode import Concurrency
 from .access import OPEN, Grant
-from .concurrency import Concurrency
-from .errors import BadRequest, ModelUnavailable, Overloaded, ServingError, Superseded, UnknownModel
-from .frames.decode_budget import DecodeBudget
-from .imaging import decode_cost, model_input, payload_bytes, probe_image
-from .modelspec import is_valid_model_name, scores_from_outputs, top_labels
-from .registry import ModelRegistry, StatusListener
-from .scheduler import BatcherClosed
-from .urlfetch import UrlPolicy, fetch
+from .batching import BatcherClosed
+from .decode_budget import DecodeBudget
+from .images import decode_cost, model_input, payload_bytes, probe_image
+from .url_fetch import UrlPolicy, fetch
 
 MAX_TOP_K = 100
 #: How long a frame may wait for its model once queued. A healthy model
@@ -94,7 +94,7 @@ def _top_labels(scores, labels: tuple[str, ...], k: int) -> list[dict]:
     return [{"label": labels[i], "score": values[i]} for i in order]
 
 
-class _Lane:
+class _ClientGate:
     """One client's frames for one model, between arrival and the model's queue.
 
     Only one frame per lane is decoded at a time; a frame arriving meanwhile
@@ -110,18 +110,18 @@ class _Lane:
         self.parked = None  # [event, superseded?] of the frame waiting its turn
 
 
-class DataPlane:
+class PredictionService:
     def __init__(self, registry: ModelRegistry, concurrency: Concurrency, settings: dict):
         self.registry = registry
         self.concurrency = concurrency
-        self._lanes: dict[tuple, _Lane] = {}
+        self._gates: dict[tuple, _ClientGate] = {}
         #: Told about every answer: `answered(model, timing)`, `failed(model, code, message)`.
         self.observers: list = []
         #: Frames being answered right now, and whether shutdown has begun.
         self.in_flight = 0
         self.draining = False
         self.max_waiting = int(settings["MAX_WAITING_FRAMES"])
-        self._lanes_lock = threading.Lock()  # never held across a yield
+        self._gates_lock = threading.Lock()  # never held across a yield
         self.max_frame_bytes = int(settings["MAX_FRAME_BYTES"])
         self.max_image_pixels = int(settings["MAX_IMAGE_PIXELS"])
         self.default_top_k = int(settings["DEFAULT_TOP_K"])
@@ -142,7 +142,7 @@ class DataPlane:
         hosts cannot delay other clients' frames.
         """
         with self._in_flight():
-            with self._lanes_lock:
+            with self._gates_lock:
                 if self.url_fetches >= self.max_url_fetches:
                     raise Overloaded("The server is fetching too many image URLs; try again shortly, "
                                      "or send the image itself.")
@@ -150,13 +150,13 @@ class DataPlane:
             try:
                 return fetch(url, self.url_policy)
             finally:
-                with self._lanes_lock:
+                with self._gates_lock:
                     self.url_fetches -= 1
 
     @contextmanager
     def _in_flight(self):
         """Count one frame (or fetch) in flight; `overloaded` past the bound or while draining."""
-        with self._lanes_lock:
+        with self._gates_lock:
             self.in_flight += 1
             busy = self.in_flight
         try:
@@ -166,13 +166,13 @@ class DataPlane:
                 raise Overloaded("The server has too many frames waiting; send less often and try again.")
             yield
         finally:
-            with self._lanes_lock:
+            with self._gates_lock:
                 self.in_flight -= 1
 
-    def _enter_lane(self, key: tuple) -> None:
+    def _enter_gate(self, key: tuple) -> None:
         """Wait for this frame's turn in its lane, or raise `Superseded`."""
-        with self._lanes_lock:
-            lane = self._lanes.setdefault(key, _Lane())
+        with self._gates_lock:
+            lane = self._gates.setdefault(key, _ClientGate())
             if not lane.busy:
                 lane.busy = True
                 return
@@ -185,17 +185,17 @@ class DataPlane:
         if waiter[1]:
             raise Superseded.by_newer_frame()
 
-    def _leave_lane(self, key: tuple) -> None:
+    def _leave_gate(self, key: tuple) -> None:
         """Hand the lane to the parked frame, if any (it is now the newest)."""
-        with self._lanes_lock:
-            lane = self._lanes.get(key)
+        with self._gates_lock:
+            lane = self._gates.get(key)
             if lane is None:
                 return
             if lane.parked is not None:
                 waiter, lane.parked = lane.parked, None
                 waiter[0].set()  # its turn: the lane stays busy
             else:
-                del self._lanes[key]
+                del self._gates[key]
 
     def predict(self, request: FrameRequest, client_key, on_status: StatusListener | None = None) -> dict:
         """Answer one frame: the `label` object, or raise a `ServingError`."""
@@ -219,11 +219,11 @@ class DataPlane:
     def _predict(self, request: FrameRequest, client_key, on_status) -> dict:
         started = time.perf_counter()
         lane = (client_key, request.model)
-        self._enter_lane(lane)
+        self._enter_gate(lane)
         try:
             loaded, tensor, decode_ms, ticket = self._admit(request, client_key, on_status)
         finally:
-            self._leave_lane(lane)
+            self._leave_gate(lane)
         result = ticket.wait(RESULT_TIMEOUT)
         spec = loaded.spec
         scores = scores_from_outputs(result.output[None, :], spec)[0]
@@ -315,4 +315,4 @@ class DataPlane:
         return state["loaded"], {"store": store, "default_model": {"name": self.default_model, **state}}
 
 
-__all__ = ["DataPlane", "FrameRequest", "ModelUnavailable", "ServingError", "safe_frame_id"]
+__all__ = ["PredictionService", "FrameRequest", "ModelUnavailable", "ServingError", "safe_frame_id"]

@@ -35,19 +35,20 @@ import base64
 import binascii
 import io
 import re
-import warnings
 
 import numpy as np
 from PIL import Image
 
-from .errors import BadImage, BadRequest, TooLarge
-from .modelspec import ModelSpec
+from ..errors import BadImage, BadRequest, TooLarge
+from ..models.modelspec import ModelSpec
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
+_FORMATS = sorted(ACCEPTED_FORMATS)
 
-# Pillow's own bomb check only warns between 1x and 2x its limit; we check the
-# header against our own setting instead, so switch Pillow's off.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's own bomb check (`Image.MAX_IMAGE_PIXELS`, process-wide) is left as
+# Pillow sets it: MAX_IMAGE_PIXELS may not exceed it (see config), so every
+# image it warns about or refuses is over our limit too, and is refused here
+# with our message. The limit itself is passed to each call.
 
 _DATA_URL_RE = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),", re.IGNORECASE)
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -114,9 +115,9 @@ def probe_image(data: bytes, max_pixels: int, target: tuple[int, int, int] | Non
     decode memory is reserved.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
+        image = Image.open(io.BytesIO(data), formats=_FORMATS)
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit, so over ours
+        raise TooLarge(f"The image is over the {max_pixels} pixel limit ({exc}).") from None
     except Image.UnidentifiedImageError:
         raise BadImage("The data is not a JPEG, PNG, WebP, GIF or BMP image.") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -142,8 +143,6 @@ def load_image(image: Image.Image) -> Image.Image:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Includes "image file is truncated": never serve a partial decode.
         raise BadImage(f"The image is truncated or corrupt ({exc}).") from None
-    except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
-        raise TooLarge(str(exc)) from None
     return image
 
 

@@ -12,16 +12,16 @@ import uuid
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .dataplane import DataPlane, FrameRequest
-from .access import Grant
-from .errors import BadRequest, MethodNotAllowed, NotFound, ServingError, TooLarge, Unauthorized
+from ..errors import BadRequest, MethodNotAllowed, NotFound, ServingError, TooLarge
+from ..frames.access import Grant
+from ..frames.service import PredictionService, FrameRequest
 from .openapi import openapi_document
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def _dataplane() -> DataPlane:
-    return current_app.extensions["dataplane"]
+def _service() -> PredictionService:
+    return current_app.extensions["predictions"]
 
 
 def error_response(exc: ServingError):
@@ -31,14 +31,9 @@ def error_response(exc: ServingError):
 
 
 def request_grant() -> Grant:
-    """The caller's grant from `Authorization: Bearer ...` (or `?token=` for
-    pages opened in a browser); raises `Unauthorized` when refused."""
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else request.args.get("token")
-    grant = current_app.extensions["access"].identify(token)
-    if grant is None:
-        raise Unauthorized("A valid token is required (Authorization: Bearer ...).")
-    return grant
+    """The grant of the request being handled; raises `Unauthorized` when refused."""
+    return current_app.extensions["access"].grant_for_request(request.headers.get("Authorization"),
+                                                               request.args.get("token"))
 
 
 @bp.get("/openapi.json")
@@ -48,13 +43,13 @@ def openapi():
 
 @bp.get("/models")
 def list_models():
-    return jsonify(_dataplane().list_models(request_grant()))
+    return jsonify(_service().list_models(request_grant()))
 
 
 @bp.get("/models/<name>")
 def describe_model(name: str):
     request_grant().require(name)
-    return jsonify(_dataplane().describe(name))
+    return jsonify(_service().describe(name))
 
 
 def _frame_from_request(name: str) -> FrameRequest:
@@ -72,7 +67,7 @@ def _frame_from_request(name: str) -> FrameRequest:
             raise BadRequest("The JSON body must be an object with an 'image' field.")
         payload = {**body, "model": name}
         if "url" in body and "image" not in body:
-            payload["image"] = _dataplane().fetch_url(body["url"])
+            payload["image"] = _service().fetch_url(body["url"])
         if "top_k" in body:
             top_k = None
     elif request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
@@ -84,7 +79,7 @@ def _frame_from_request(name: str) -> FrameRequest:
             payload["top_k"] = int(top_k)
         except ValueError:
             raise BadRequest("'top_k' must be an integer from 1 to 100.") from None
-    return FrameRequest.parse(payload, _dataplane().default_top_k)
+    return FrameRequest.parse(payload, _service().default_top_k)
 
 
 @bp.post("/models/<name>/predict")
@@ -92,7 +87,7 @@ def predict(name: str):
     request_grant().require(name)
     frame = _frame_from_request(name)
     # Each HTTP request is its own client: never superseded by another.
-    return jsonify(_dataplane().predict(frame, client_key=uuid.uuid4().hex))
+    return jsonify(_service().predict(frame, client_key=uuid.uuid4().hex))
 
 
 def init_app(app) -> None:

@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from .concurrency import Concurrency
-from .errors import ModelUnavailable, ServingError, Superseded
+from ..errors import ModelUnavailable, ServingError, Superseded
+from ..server.async_mode import Concurrency
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class FrameResult:
     batch_size: int
 
 
-class Ticket:
+class PendingFrame:
     """A submitted frame; `wait()` returns its `FrameResult` or raises."""
 
     __slots__ = ("tensor", "enqueued", "_event", "_result", "_error", "done")
@@ -92,7 +92,7 @@ class ModelBatcher:
         self._running = 0  # workers started and not yet exited
         self._concurrency = concurrency
         self._max_batch = max_batch
-        self._pending: OrderedDict[object, Ticket] = OrderedDict()
+        self._pending: OrderedDict[object, PendingFrame] = OrderedDict()
         self._lock = threading.Lock()  # never held across a yield
         self._wake = concurrency.event()
         self._closed = False
@@ -112,8 +112,8 @@ class ModelBatcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    def submit(self, client_key, tensor: np.ndarray) -> Ticket:
-        ticket = Ticket(tensor, self._concurrency.event())
+    def submit(self, client_key, tensor: np.ndarray) -> PendingFrame:
+        ticket = PendingFrame(tensor, self._concurrency.event())
         with self._lock:
             self._last_seen[client_key] = ticket.enqueued
             if self._closed:
@@ -174,7 +174,7 @@ class ModelBatcher:
             except Exception:  # noqa: BLE001 - releasing must not take the worker down
                 log.exception("releasing model %s failed", self.name)
 
-    def _take_batch(self) -> list[Ticket]:
+    def _take_batch(self) -> list[PendingFrame]:
         with self._lock:
             batch = []
             # With several workers, split what is waiting so they all run.
@@ -224,7 +224,7 @@ class ModelBatcher:
                     exc_info=not self._failure_logged)
         self._failure_logged = True
 
-    def _call(self, batch: list[Ticket]) -> np.ndarray:
+    def _call(self, batch: list[PendingFrame]) -> np.ndarray:
         """One model call, its output checked against the batch it answers."""
         # Stacked on the native thread: numpy releases the GIL to copy, and
         # on the event loop that hands the GIL to a busy decoder and waits.
@@ -235,7 +235,7 @@ class ModelBatcher:
             raise RuntimeContractError(f"the runtime returned {rows} rows for {len(batch)} frames")
         return outputs
 
-    def _run_batch(self, batch: list[Ticket]) -> None:
+    def _run_batch(self, batch: list[PendingFrame]) -> None:
         started = time.perf_counter()
         try:
             outputs = self._call(batch)

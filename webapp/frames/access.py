@@ -13,7 +13,7 @@ import hmac
 import json
 from dataclasses import dataclass
 
-from .errors import Unauthorized
+from ..errors import Unauthorized
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,14 @@ class AccessPolicy:
             if hmac.compare_digest(candidate, secret):
                 found = grant
         return found
+
+    def grant_for_request(self, authorization: str | None, query_token: str | None) -> Grant:
+        """The grant of an HTTP request: its `Authorization: Bearer ...` header,
+        else its `?token=` (pages opened in a browser cannot set headers).
+        Raises `Unauthorized` when refused."""
+        header = authorization or ""
+        token = header[7:].strip() if header[:7].lower() == "bearer " else query_token
+        grant = self.identify(token)
+        if grant is None:
+            raise Unauthorized("A valid token is required (Authorization: Bearer ...).")
+        return grant

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    def __init__(self, dataplane, socketio, concurrency, drain_seconds: float = 20.0):
-        self._dataplane = dataplane
+    def __init__(self, service, socketio, concurrency, drain_seconds: float = 20.0):
+        self._service = service
         self._socketio = socketio
         self._concurrency = concurrency
         self.drain_seconds = drain_seconds
@@ -31,7 +31,7 @@ class Lifecycle:
 
         def on_sigterm(signum, frame):
             if not self.draining:
-                self.draining = self._dataplane.draining = True
+                self.draining = self._service.draining = True
                 self._concurrency.spawn(self.drain, then)
 
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -39,8 +39,8 @@ class Lifecycle:
     def drain(self, then=None) -> None:
         started = time.monotonic()
         log.info("SIGTERM: refusing new connections and frames, answering %d in flight",
-                 self._dataplane.in_flight)
-        while self._dataplane.in_flight and time.monotonic() - started < self.drain_seconds:
+                 self._service.in_flight)
+        while self._service.in_flight and time.monotonic() - started < self.drain_seconds:
             self._concurrency.sleep(0.05)
         # The last answers are emitted just after they leave the data plane.
         self._concurrency.sleep(0.3)
@@ -52,7 +52,7 @@ class Lifecycle:
                 log.debug("disconnect failed", exc_info=True)
         self._concurrency.sleep(0.2)  # let the close packets go out
         log.info("shutdown: %d frames left unanswered, %d connections closed, %.1fs",
-                 self._dataplane.in_flight, len(sids), time.monotonic() - started)
+                 self._service.in_flight, len(sids), time.monotonic() - started)
         logging.shutdown()
         if then is not None:
             then()

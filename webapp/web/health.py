@@ -14,7 +14,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """200 when the default model can serve, 503 (with the reason) otherwise."""
-    ready, details = current_app.extensions["dataplane"].readiness()
+    ready, details = current_app.extensions["predictions"].readiness()
     response = jsonify({"ready": ready, **details})
     response.status_code = 200 if ready else 503
     return response

@@ -25,7 +25,7 @@ import socket
 import time
 from urllib.parse import urljoin, urlsplit
 
-from .errors import BadRequest, TooLarge
+from ..errors import BadRequest, TooLarge
 
 MAX_REDIRECTS = 3
 REDIRECT_CODES = (301, 302, 303, 307, 308)

@@ -1,4 +1,11 @@
-"""Operators' surface: `/metrics` (Prometheus), `/dashboard` and its status feed."""
+"""This process's recent activity, for the dashboard: answers per second,
+latency percentiles, recent errors, models, memory; and the feed that sends
+it to the `monitor` room once a second.
+
+Bounded: at most 4096 recent answers per model and 20 recent errors; models
+are those the registry knows (metric-style label sets never grow with what
+clients send).
+"""
 
 from __future__ import annotations
 
@@ -7,39 +14,7 @@ import logging
 import math
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, render_template
-
-bp = Blueprint("operations", __name__)
 log = logging.getLogger(__name__)
-
-
-def _require_admin() -> None:
-    from .errors import Unauthorized
-    from .http_api import request_grant
-
-    if current_app.extensions["access"].enabled and not request_grant().admin:
-        raise Unauthorized("This page needs the admin token.")
-
-
-@bp.get("/metrics")
-def metrics():
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    _require_admin()
-    return Response(generate_latest(current_app.extensions["metrics"].registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-@bp.get("/dashboard")
-def dashboard():
-    _require_admin()
-    return render_template("dashboard.html")
-
-
-@bp.get("/api/status")
-def status():
-    """What the dashboard shows, for this process (JSON)."""
-    _require_admin()
-    return jsonify(current_app.extensions["status"].snapshot())
 
 
 class StatusBoard:
@@ -118,7 +93,3 @@ def start_status_feed(socketio, board: StatusBoard, concurrency, interval: float
                 log.debug("status feed failed", exc_info=True)
 
     concurrency.spawn(feed)
-
-
-def init_app(app) -> None:
-    app.register_blueprint(bp)

@@ -30,7 +30,7 @@ the client spoke or the socket timeout (ping interval + timeout) passed: a
 refused client that kept quiet held a descriptor and a green thread that long.
 `close` here also shuts down the receiving side, which ends that read at once.
 
-Every internal touched here is checked by `install()`, which fails loudly
+Every internal touched here is checked by `check()` (at start-up) and `install()`, which fails loudly
 when an eventlet upgrade moved it (pyproject.toml bounds the version too).
 """
 
@@ -102,9 +102,12 @@ def _refuse_legacy_request(self, environ):
     raise websocket.BadRequest()
 
 
-def check_internals(websocket) -> None:
+def check(websocket=None) -> None:
     """Fail loudly if eventlet no longer has what these patches replace."""
     import inspect
+
+    if websocket is None:
+        from eventlet import websocket
 
     missing = []
     ws = getattr(websocket, "RFC6455WebSocket", None)
@@ -121,11 +124,11 @@ def check_internals(websocket) -> None:
             missing.append(name)
     if not callable(getattr(getattr(websocket, "WebSocketWSGI", None), "_handle_legacy_request", None)):
         missing.append("WebSocketWSGI._handle_legacy_request")
-    if missing:
-        import eventlet
+    import eventlet
 
-        raise RuntimeError(f"eventlet {eventlet.__version__} lacks what webapp.eventlet_patches replaces: "
-                           f"{', '.join(missing)}; pin the version in pyproject.toml / requirements")
+    from .library_internals import require
+
+    require(f"eventlet {eventlet.__version__}", missing, "eventlet_internals")
 
 
 def install() -> None:
@@ -133,7 +136,7 @@ def install() -> None:
 
     if getattr(websocket.RFC6455WebSocket.Message, "_webapp_bounded", False):
         return
-    check_internals(websocket)
+    check(websocket)
     websocket.RFC6455WebSocket._apply_mask = staticmethod(apply_mask)
     bounded = _bounded_message_class(websocket)
     bounded._webapp_bounded = True

@@ -8,7 +8,7 @@ thread for 25 s: a client opening sessions in a loop could pile up threads
 far beyond `MAX_CONNECTIONS`. Here the wait ends as soon as the session
 closes (an event set by `close`), so a closed session costs nothing.
 
-`check_internals` fails loudly at start-up if the replaced method changed
+`check` fails loudly at start-up if the replaced method changed
 (pyproject.toml bounds python-engineio too).
 """
 
@@ -18,6 +18,10 @@ import functools
 import inspect
 import time
 
+from .library_internals import require, source_of
+
+#: Engine.IO's own `_send_ping`, kept when replaced so later checks read it.
+_original_send_ping = None
 #: Where each session keeps the event that ends its ping wait.
 _CLOSED = "_webapp_closed_event"
 
@@ -52,18 +56,36 @@ def _setting_closed_event(close):
     return close_and_wake
 
 
-def check_internals(socket_class) -> None:
+def check(socket_class=None) -> None:
+    """Fail loudly at start-up if Engine.IO moved what the server relies on:
+    the ping task replaced here, and what `connections` uses (the session
+    table, `Socket.close(wait=...)`, the connect/disconnect handlers)."""
+    from importlib.metadata import version
+
+    import engineio
+    from engineio.socket import Socket
+
+    socket_class = socket_class or Socket
     missing = []
     send_ping = getattr(socket_class, "_send_ping", None)
-    source = inspect.getsource(send_ping) if send_ping else ""
+    if getattr(socket_class, "_webapp_wakeable_ping", False):
+        send_ping = _original_send_ping  # checked before it was replaced; look again at what it replaced
+    source = source_of(send_ping) if send_ping else ""
     if "self.server.sleep(self.server.ping_interval)" not in source or "packet.PING" not in source \
             or "self.last_ping = time.time()" not in source:
         missing.append("engineio.socket.Socket._send_ping (sleep ping_interval, then send PING)")
     if not callable(getattr(socket_class, "close", None)) or not callable(getattr(socket_class, "schedule_ping", None)):
         missing.append("engineio.socket.Socket.close / schedule_ping")
-    if missing:
-        raise RuntimeError("python-engineio lacks what webapp.server.engineio_patches replaces: "
-                           f"{', '.join(missing)}; pin the version in pyproject.toml / requirements")
+    elif "wait" not in inspect.signature(socket_class.close).parameters:
+        missing.append("engineio.socket.Socket.close(wait=...)")
+    for name in ("upgraded", "queue", "closing", "closed"):
+        if name not in source_of(socket_class.__init__):
+            missing.append(f"engineio.socket.Socket.{name}")
+    server_init = source_of(engineio.Server.__init__) + source_of(engineio.base_server.BaseServer.__init__)
+    for name in ("self.sockets = {}", "self.handlers = {}"):
+        if name not in server_init:
+            missing.append(f"engineio.Server: {name}")
+    require(f"python-engineio {version('python-engineio')}", missing, "engineio_internals")
 
 
 def install() -> None:
@@ -71,7 +93,9 @@ def install() -> None:
 
     if getattr(Socket, "_webapp_wakeable_ping", False):
         return
-    check_internals(Socket)
+    check(Socket)
+    global _original_send_ping
+    _original_send_ping = Socket._send_ping
     Socket._send_ping = _wakeable_send_ping
     Socket.close = _setting_closed_event(Socket.close)
     Socket._webapp_wakeable_ping = True

@@ -17,15 +17,15 @@ MODULES = {
 @bp.get("/")
 def index():
     """The models this visitor may use (with access control on: `/?token=...`)."""
-    from .errors import Unauthorized
+    from ..errors import Unauthorized
     from .http_api import request_grant
 
-    dataplane = current_app.extensions["dataplane"]
+    service = current_app.extensions["predictions"]
     try:
-        models = dataplane.list_models(request_grant())["models"]
+        models = service.list_models(request_grant())["models"]
     except Unauthorized:
         models = []
-    return render_template("index.html", models=models, default_model=dataplane.default_model)
+    return render_template("index.html", models=models, default_model=service.default_model)
 
 
 @bp.get("/capture")

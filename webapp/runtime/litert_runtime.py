@@ -1,6 +1,0 @@
-"""Moved to `webapp.models.runtime.litert_runtime`; this name stays importable for code not moved yet."""
-
-import importlib
-import sys
-
-sys.modules[__name__] = importlib.import_module("webapp.models.runtime.litert_runtime")

@@ -1,0 +1,97 @@
+"""python-socketio internals: whether a CONNECT was refused, whether an ack was requested.
+
+python-socketio gives handlers neither fact, and the server needs both:
+
+* A refused CONNECT (bad token, full, shutting down) should close its
+  Engine.IO session at once (see `connections`). `after_connect` wraps
+  `Server._handle_connect(eio_sid, namespace, data)` to look afterwards.
+* A `frame` is answered with an ack *instead of* a `label` event when the
+  client asked for one (answering both would make every `sio.call` client
+  handle each answer twice, and clients do listen to both). `watch_events`
+  wraps `Server._handle_event_internal(server, sid, eio_sid, data,
+  namespace, id)` to record `ack_requested()` around each handler, and to
+  answer events whose attachments were refused without running a handler,
+  sending that ack itself with `Server._send_packet`.
+
+`check()` verifies these signatures at start-up (`library_internals.check`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from typing import Callable
+
+from .library_internals import require
+
+#: Whether the event being handled asked for an ack. A ContextVar is per
+#: thread and per green thread, so concurrent handlers don't mix.
+_ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested", default=False)
+
+_EXPECTED = {
+    "_handle_connect": ["self", "eio_sid", "namespace", "data"],
+    "_handle_event_internal": ["self", "server", "sid", "eio_sid", "data", "namespace", "id"],
+    "_send_packet": ["self", "eio_sid", "pkt"],
+}
+
+
+def check() -> None:
+    from importlib.metadata import version
+
+    import socketio
+
+    missing = []
+    for name, parameters in _EXPECTED.items():
+        method = getattr(socketio.Server, name, None)
+        if not callable(method) or list(inspect.signature(method).parameters) != parameters:
+            missing.append(f"socketio.Server.{name}({', '.join(parameters[1:])})")
+    for name in ("sid_from_eio_sid", "get_namespaces"):
+        if not callable(getattr(socketio.Manager, name, None)):
+            missing.append(f"socketio.Manager.{name}")
+    require(f"python-socketio {version('python-socketio')}", missing, "socketio_internals")
+
+
+def ack_requested() -> bool:
+    """Whether the event being handled now asked for an ack."""
+    return _ack_requested.get()
+
+
+def after_connect(server, then: Callable[[str], None]) -> None:
+    """Call `then(eio_sid)` after each Socket.IO CONNECT has been handled, accepted or refused."""
+    handle_connect = server._handle_connect
+
+    def handle_connect_then(srv, eio_sid, namespace, data):
+        try:
+            return handle_connect(eio_sid, namespace, data)
+        finally:
+            then(eio_sid)
+
+    server._handle_connect = handle_connect_then.__get__(server)
+
+
+def watch_events(server, refuse: Callable[[list], dict | None], emit: Callable[[str, str, dict], None]) -> None:
+    """Record `ack_requested()` around every event handler.
+
+    `refuse(data)` sees each event's data first; when it returns an answer,
+    the handler is not run and the answer goes back as the ack, or, when no
+    ack was requested, as `emit(sid, "error", answer)`.
+    """
+    from socketio import packet
+
+    dispatch = server._handle_event_internal
+
+    def dispatch_recording_ack(srv, sid, eio_sid, data, namespace, ack_id):
+        answer = refuse(data)
+        if answer is not None:
+            if ack_id is not None:
+                srv._send_packet(eio_sid, srv.packet_class(packet.ACK, namespace=namespace, id=ack_id, data=[answer]))
+            else:
+                emit(sid, "error", answer)
+            return None
+        token = _ack_requested.set(ack_id is not None)
+        try:
+            return dispatch(srv, sid, eio_sid, data, namespace, ack_id)
+        finally:
+            _ack_requested.reset(token)
+
+    server._handle_event_internal = dispatch_recording_ack

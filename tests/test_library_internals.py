@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -133,3 +134,12 @@ def test_a_moved_eventlet_internal_stops_the_server_at_start_up():
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "WebSocketWSGI._handle_legacy_request" in done.stderr
+
+
+def test_an_image_limit_over_pillows_own_is_refused_at_start_up():
+    """MAX_IMAGE_PIXELS may not pass Pillow's bomb limit, which the server leaves alone."""
+    done = subprocess.run([sys.executable, "-m", "webapp", "serve", "--port", str(free_port())], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MAX_IMAGE_PIXELS": "100000000"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "MAX_IMAGE_PIXELS" in done.stderr and "89478485" in done.stderr

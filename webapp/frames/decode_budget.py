@@ -4,7 +4,7 @@ Encoded images are small (a 116 KB PNG can hold 36 million pixels of one
 colour) but decoded ones are not, and a dozen arriving at once could take a
 small container over its quota: every client of every project would be
 dropped with it. So before a frame's pixels are decoded, its peak cost is
-estimated from the header (`imaging.decode_cost`, exact for Pillow's decoders)
+estimated from the header (`images.decode_cost`, exact for Pillow's decoders)
 and reserved here. A frame that does not fit waits briefly for others to
 finish, then is answered `overloaded`; one that could never fit is answered
 `too_large` at once.

@@ -11,6 +11,7 @@ from flask import Flask
 from .config import PROJECT_ROOT, load_config
 from .extensions import socketio
 from .frames.access import AccessPolicy
+from .frames.batching import ModelBatcher
 from .frames.service import PredictionService
 from .models.cache import DiskCache
 from .models.registry import ModelRegistry
@@ -54,21 +55,26 @@ def create_app(config: dict | None = None) -> Flask:
     # HTTP bodies: a frame as multipart or base64 JSON, plus form overhead.
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_FRAME_BYTES"] * 4 // 3 + 64 * 1024
 
-    concurrency = Concurrency.for_mode(settings["ASYNC_MODE"])
-    cache = DiskCache(settings["MODEL_CACHE_DIR"], int(float(settings["MODEL_CACHE_MAX_MB"]) * 1024 * 1024))
-    store = open_store(settings["MODEL_STORE"], cache, settings)
-    registry = ModelRegistry(store, concurrency, settings, cache)
-    service = PredictionService(registry, concurrency, settings)
-    app.extensions["predictions"] = service
-
+    # Each component gets what it needs when it is built, in dependency order:
+    # server primitives -> models -> frames -> transports.
     return_freed_memory_to_the_system()
     memory = MemoryWatch(settings)
     memory.announce()
+    concurrency = Concurrency.for_mode(settings["ASYNC_MODE"])
     metrics = Metrics()
+    cache = DiskCache(settings["MODEL_CACHE_DIR"], int(float(settings["MODEL_CACHE_MAX_MB"]) * 1024 * 1024))
+    store = open_store(settings["MODEL_STORE"], cache, settings, on_download=metrics.downloaded)
+    max_batch = int(settings["MAX_BATCH"])
+
+    def make_batcher(name, predict, workers, on_retired):
+        return ModelBatcher(name, predict, concurrency, max_batch, workers=workers, on_retired=on_retired)
+
+    registry = ModelRegistry(store, concurrency, settings, cache, make_batcher=make_batcher,
+                             announce=socketio_events.announce_to_model_users)
     metrics.watch(registry, cache, memory)
     board = StatusBoard(registry, cache, metrics, socketio_events.PROCESS_ID, memory)
-    service.observers += [metrics, board]
-    store.on_download = metrics.downloaded
+    service = PredictionService(registry, concurrency, settings, observers=(metrics, board))
+    app.extensions["predictions"] = service
     app.extensions["metrics"], app.extensions["status"] = metrics, board
     app.extensions["lifecycle"] = Lifecycle(service, socketio, concurrency)
     app.extensions["access"] = AccessPolicy(settings["PROJECT_TOKENS"], settings["ADMIN_TOKEN"])
@@ -89,7 +95,6 @@ def create_app(config: dict | None = None) -> Flask:
     socketio_events.watch_events(socketio.server)
     bound_connections(app, socketio.server, settings)  # message size, MAX_CONNECTIONS, HANDSHAKE_TIMEOUT
     quiet_malformed_packets()
-    registry.announce = socketio_events.announce_to_model_users
     if origins:
         from flask_cors import CORS
 

@@ -48,6 +48,7 @@ def main(argv=None) -> int:
 
 def _int8(store: Path, folder: Path, copies: int) -> dict:
     from ..models.modelspec import ModelMetadata, ModelSpec
+    from ..frames.images import trusted_input
     from ..models.runtime.quantize import quantize
     from .run import jpeg
 
@@ -58,7 +59,7 @@ def _int8(store: Path, folder: Path, copies: int) -> dict:
     target = store / "mobilenetv2-int8"
     shutil.copytree(folder, target, dirs_exist_ok=True)
     spec = ModelSpec.build("mobilenetv2-int8", "-", (224, 224, 3), 1000, ModelMetadata(preprocess="symmetric"))
-    report = quantize(folder / "model.keras", target / "model.int8.tflite", spec, calibration)
+    report = quantize(folder / "model.keras", target / "model.int8.tflite", spec, calibration, trusted_input)
     meta = json.loads((target / "model.json").read_text())
     meta["int8"] = {key: report[key] for key in ("agreement", "held_out", "calibration_images")}
     (target / "model.json").write_text(json.dumps(meta))

@@ -135,11 +135,12 @@ def run(args) -> int:
 
 def _quantize(args, spec, scratch: Path) -> dict | None:
     """Build model.int8.tflite in `scratch` and judge its agreement; None when refused."""
+    from ..frames.images import trusted_input
     from ..models.runtime.quantize import MIN_AGREEMENT, QuantizeError, quantize
 
     threshold = MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
     try:
-        report = quantize(args.model_file, scratch / "model.int8.tflite", spec, args.calibration)
+        report = quantize(args.model_file, scratch / "model.int8.tflite", spec, args.calibration, trusted_input)
     except (OSError, QuantizeError) as exc:
         print(f"error: the model was not published: {exc}", file=sys.stderr)
         return None

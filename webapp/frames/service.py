@@ -111,12 +111,12 @@ class _ClientGate:
 
 
 class PredictionService:
-    def __init__(self, registry: ModelRegistry, concurrency: Concurrency, settings: dict):
+    def __init__(self, registry: ModelRegistry, concurrency: Concurrency, settings: dict, observers=()):
         self.registry = registry
         self.concurrency = concurrency
         self._gates: dict[tuple, _ClientGate] = {}
         #: Told about every answer: `answered(model, timing)`, `failed(model, code, message)`.
-        self.observers: list = []
+        self.observers = tuple(observers)
         #: Frames being answered right now, and whether shutdown has begun.
         self.in_flight = 0
         self.draining = False

@@ -48,7 +48,8 @@ from typing import Callable, Iterable
 
 from filelock import FileLock, Timeout
 
-from .store.base import CONVERTED_FILE, LocalModelFiles, StoredModel, StoreUnavailable, parse_metadata
+from .store.base import (CONVERTED_FILE, LocalModelFiles, StoredModel, StoreUnavailable, model_filename,
+                         parse_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,6 @@ class CacheEntry:
     @property
     def key(self) -> str:
         return f"{self.name}/{self.fingerprint}"
-
-
-def model_filename(stored: StoredModel) -> str:
-    """The model's file name inside a cache entry (flat names normalised)."""
-    return "model.h5" if stored.file_format == "h5" else "model.keras"
 
 
 def _lock(path: Path, timeout: float = -1) -> FileLock:

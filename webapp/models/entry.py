@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..errors import ServingError
-from ..frames.batching import ModelBatcher
 from .modelspec import ModelSpec
 from .store import StoredModel
 
@@ -17,11 +16,29 @@ StatusListener = Callable[[str, str, float], None]
 Announcer = Callable[[str, dict], None]
 
 
+class Batcher(Protocol):
+    """What a loaded version's frames go through (`webapp.frames.batching.ModelBatcher`)."""
+
+    calls: int
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def retired(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+#: Called as make_batcher(name, predict, workers, on_retired) for each loaded version.
+MakeBatcher = Callable[[str, Callable, int, Callable[[], None]], Batcher]
+
+
 @dataclass
 class LoadedModel:
     spec: ModelSpec
     runtime: object
-    batcher: ModelBatcher
+    batcher: Batcher
     stored: StoredModel
     loaded_at: float = field(default_factory=time.time)
 

@@ -10,7 +10,6 @@ import time
 import numpy as np
 
 from ..errors import ModelUnavailable, ServingError, UnknownModel
-from ..frames.batching import ModelBatcher
 from .entry import LoadedModel, ModelEntry
 from .modelspec import MetadataError, ModelSpec
 from .runtime import RuntimeLoadError, load_runtime
@@ -137,8 +136,7 @@ class LoadingMixin:
             run(return_freed_memory)
             log.info("model %s version %s released", name, spec.version)
 
-        batcher = ModelBatcher(name, runtime.predict, self._concurrency, self._max_batch,
-                               workers=getattr(runtime, "interpreters", 1), on_retired=release)
+        batcher = self._make_batcher(name, runtime.predict, getattr(runtime, "interpreters", 1), release)
         return LoadedModel(spec=spec, runtime=runtime, batcher=batcher, stored=stored)
 
     @staticmethod
@@ -170,7 +168,7 @@ class LoadingMixin:
         if report:
             self._concurrency.spawn(report_progress)
         try:
-            return self._concurrency.run_blocking(self.store.fetch, stored, on_progress)
+            return self._concurrency.run_blocking(self.store.fetch, stored, on_progress, self.protected_cache_keys())
         except StoreUnavailable as exc:
             raise ModelUnavailable(f"Model '{entry.name}' could not be downloaded: {exc}") from None
         except MetadataError as exc:

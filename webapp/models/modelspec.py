@@ -159,3 +159,30 @@ def top_labels(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[dict
     """The k best labels of one frame, highest score first (ties: label order)."""
     order = np.argsort(-scores, kind="stable")[:k]
     return [{"label": labels[i], "score": float(scores[i])} for i in order]
+
+
+#: The constants of the `caffe` and `torch` preprocess modes (ImageNet statistics).
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def normalise(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Apply a preprocess mode to uint8 pixels; float32 all the way."""
+    x = pixels.astype(np.float32)
+    if mode == "raw":
+        return x
+    if mode == "unit":
+        return x * np.float32(1 / 255)
+    if mode == "symmetric":
+        return x * np.float32(1 / 127.5) - np.float32(1.0)
+    if mode == "caffe":
+        if x.shape[-1] == 3:
+            return x[..., ::-1] - _CAFFE_MEAN_BGR
+        return x - np.float32(_CAFFE_MEAN_BGR.mean())
+    if mode == "torch":
+        x = x * np.float32(1 / 255)
+        if x.shape[-1] == 3:
+            return (x - _TORCH_MEAN) / _TORCH_STD
+        return (x - np.float32(_TORCH_MEAN.mean())) / np.float32(_TORCH_STD.mean())
+    raise ValueError(f"unknown preprocess mode {mode!r}")

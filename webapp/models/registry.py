@@ -25,7 +25,7 @@ import time
 from ..server.async_mode import Concurrency
 from ..errors import ModelUnavailable, ServingError, UnknownModel
 from .cache import DiskCache, recent
-from .entry import Announcer, LoadedModel, ModelEntry, StatusListener
+from .entry import Announcer, LoadedModel, MakeBatcher, ModelEntry, StatusListener
 from .loading import RETRY_BACKOFF_MAX, RETRY_BACKOFF_START, LoadingMixin
 from .modelspec import is_valid_model_name
 from .names import UNKNOWN_RELIST_SECONDS, StoreNames
@@ -42,7 +42,13 @@ __all__ = ["Announcer", "LoadedModel", "ModelRegistry", "RETRY_BACKOFF_MAX", "RE
 
 class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
     def __init__(self, store: ModelStore, concurrency: Concurrency, settings: dict,
-                 cache: DiskCache | None = None):
+                 cache: DiskCache | None = None, *, make_batcher: MakeBatcher,
+                 announce: Announcer = lambda model, payload: None):
+        """`make_batcher(name, predict, workers, on_retired)` builds the queue a
+        loaded version's frames go through (`webapp.frames.batching`);
+        `announce(model, payload)` tells every client using a model (the
+        Socket.IO layer). Both are passed in: models know nothing of frames or
+        transports."""
         self.store = store
         self.cache = cache
         self._concurrency = concurrency
@@ -61,10 +67,8 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
         self._used_dirty = False
         #: The store's model names, so unknown ones cost no store call.
         self._names = StoreNames(store, concurrency, self._load_timeout)
-        #: Set by the Socket.IO layer: tells every client using a model.
-        self.announce: Announcer = lambda model, payload: None
-        if hasattr(store, "protected"):
-            store.protected = self.protected_cache_keys
+        self.announce = announce
+        self._make_batcher = make_batcher
 
     # -- serving -----------------------------------------------------------
 

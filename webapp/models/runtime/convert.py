@@ -33,7 +33,7 @@ PROBE_BATCH = 4
 
 
 def probe_inputs(shape, preprocess: str, seed: int = 0) -> np.ndarray:
-    from ...frames.images import normalise
+    from ..modelspec import normalise
 
     height, width, channels = shape
     pixels = np.random.default_rng(seed).integers(0, 256, (PROBE_BATCH, height, width, channels), dtype=np.uint8)

@@ -5,8 +5,10 @@ imported here, in the CLI's process, never in a server). It:
 
 1. reads the images in DIR (sorted by name) and splits them: every
    `HELD_OUT_EVERY`-th image is held out, the others calibrate;
-2. prepares every image exactly as the server would for this model
-   (`imaging.prepare`: decode, crop, resize, the model's `preprocess`);
+2. prepares every image exactly as the server would for this model, with
+   the `prepare` its caller passes (`webapp.frames.images.prepare`: decode,
+   crop, resize, the model's `preprocess`; passed in, because the frame's
+   path depends on models and not the other way round);
 3. converts the Keras model with the calibration images as the
    representative dataset: int8 weights and activations, builtin int8 ops
    only, float32 input and output (so the server feeds it as it feeds the
@@ -27,6 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -56,14 +59,16 @@ def split_images(folder: Path) -> tuple[list[Path], list[Path]]:
     return calibration, held_out
 
 
-def prepare_images(paths: list[Path], spec) -> np.ndarray:
+#: Encoded image bytes and a model's spec -> that model's float32 input [H, W, C].
+Prepare = Callable[[bytes, object], np.ndarray]
+
+
+def prepare_images(paths: list[Path], spec, prepare: Prepare) -> np.ndarray:
     """The images as the server feeds them to this model: float32 [n, H, W, C]."""
-    from ...frames.images import prepare
-
-    return np.stack([prepare(path.read_bytes(), spec, 10**9) for path in paths]).astype(np.float32)
+    return np.stack([prepare(path.read_bytes(), spec) for path in paths]).astype(np.float32)
 
 
-def quantize(model_path: Path, out_path: Path, spec, calibration_dir: Path) -> dict:
+def quantize(model_path: Path, out_path: Path, spec, calibration_dir: Path, prepare: Prepare) -> dict:
     """Write the int8 model to `out_path`; returns the report (agreement, sizes)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -71,8 +76,8 @@ def quantize(model_path: Path, out_path: Path, spec, calibration_dir: Path) -> d
 
     started = time.perf_counter()
     calibration_paths, held_out_paths = split_images(calibration_dir)
-    calibration = prepare_images(calibration_paths, spec)
-    held_out = prepare_images(held_out_paths, spec)
+    calibration = prepare_images(calibration_paths, spec, prepare)
+    held_out = prepare_images(held_out_paths, spec, prepare)
     with contextlib.redirect_stdout(sys.stderr):  # the converter prints; stdout is the CLI's report
         model = keras.models.load_model(model_path, compile=False)
 

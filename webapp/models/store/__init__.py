@@ -4,12 +4,15 @@ from .base import LocalModelFiles, ModelStore, StoredModel, StoreUnavailable
 from .local import LocalStore
 
 
-def open_store(location: str, cache=None, settings: dict | None = None) -> ModelStore:
-    """The store for a `MODEL_STORE` setting: `s3://bucket/prefix` or a directory."""
+def open_store(location: str, cache=None, settings: dict | None = None, on_download=None) -> ModelStore:
+    """The store for a `MODEL_STORE` setting: `s3://bucket/prefix` or a directory.
+
+    `on_download(model, seconds)` is told of each download (S3 only: a
+    directory store has nothing to download)."""
     if location.startswith("s3://"):
         from .s3 import S3Store
 
-        return S3Store(location, cache, settings or {})
+        return S3Store(location, cache, settings or {}, **({"on_download": on_download} if on_download else {}))
     return LocalStore(location)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from ..modelspec import ModelMetadata
 
@@ -98,7 +98,10 @@ class ModelStore(Protocol):
 
     def find(self, name: str) -> StoredModel | None: ...
 
-    def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None) -> LocalModelFiles: ...
+    def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None,
+              protected: Iterable[str] = ()) -> LocalModelFiles:
+        """The files of `stored` on local disk; a download may evict cache
+        entries to make room, never those whose keys are in `protected`."""
 
     def status(self) -> dict: ...
 
@@ -111,3 +114,8 @@ def parse_metadata(read_text: Callable[[str], str], metadata_keys: dict) -> Mode
         labels_json=texts.get("labels.json"),
         model_json=texts.get("model.json"),
     )
+
+
+def model_filename(stored: StoredModel) -> str:
+    """The model's file name inside a cache entry (flat names normalised)."""
+    return "model.h5" if stored.file_format == "h5" else "model.keras"

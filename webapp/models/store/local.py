@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
+from typing import Iterable
 
 from ..modelspec import is_valid_model_name
 from .base import (
@@ -94,7 +95,8 @@ class LocalStore:
         found = (self.find(name) for name in sorted(self.model_names()))
         return [model for model in found if model is not None]
 
-    def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None) -> LocalModelFiles:
+    def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None,
+              protected: Iterable[str] = ()) -> LocalModelFiles:
         metadata = parse_metadata(lambda key: Path(key).read_text(encoding="utf-8"), stored.metadata_keys)
         if progress:
             progress(1.0)

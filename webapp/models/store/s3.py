@@ -19,15 +19,17 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 from urllib.parse import urlparse
 
-from ..cache import DiskCache, model_filename
 from ..modelspec import is_valid_model_name
 from .base import (
     COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES,
-    LocalModelFiles, ProgressCallback, StoredModel, StoreUnavailable, fingerprint_of,
+    LocalModelFiles, ProgressCallback, StoredModel, StoreUnavailable, fingerprint_of, model_filename,
 )
+
+if TYPE_CHECKING:  # the cache is passed in; importing it here would make a cycle
+    from ..cache import DiskCache
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def group_models(objects: Iterable[dict], prefix: str) -> dict[str, StoredModel]
 
 class S3Store:
     def __init__(self, url: str, cache: DiskCache | None, settings: dict,
-                 protected: Callable[[], Iterable[str]] = lambda: ()):
+                 on_download: Callable[[str, float], None] = lambda model, seconds: None):
         self.bucket, self.prefix = parse_s3_url(url)
         self.description = url
         self.cache = cache
@@ -127,10 +129,8 @@ class S3Store:
         self._lock = threading.Lock()
         self._reachable: bool | None = None
         self._last_error: str | None = None
-        #: Cache keys ("name/fingerprint") that must not be evicted; set by the registry.
-        self.protected = protected
         #: Called as on_download(model, seconds) after each download (metrics).
-        self.on_download = lambda model, seconds: None
+        self.on_download = on_download
         if session.get_credentials() is None:
             log.warning(
                 "no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
@@ -191,7 +191,8 @@ class S3Store:
 
     # -- fetching --------------------------------------------------------------
 
-    def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None) -> LocalModelFiles:
+    def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None,
+              protected: Iterable[str] = ()) -> LocalModelFiles:
         """The files of `stored`, or of the version that replaced it during the
         download (read again once); `files.stored` says which."""
         if self.cache is None:
@@ -204,7 +205,7 @@ class S3Store:
                 return cached
             try:
                 return self.cache.put(stored, lambda folder: self._download(stored, folder, progress),
-                                      protected=self.protected())
+                                      protected=protected)
             except VersionChanged as exc:
                 fresh = self.find(stored.name)
                 if attempt or fresh is None:

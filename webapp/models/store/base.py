@@ -45,12 +45,15 @@ class StoredModel:
     name: str
     layout: str  # "directory" or "flat"
     model_key: str  # path or object key of the model file
-    version: str  # short, stable id of the model file's content
+    #: What clients see as `label.version`: the first 12 characters of
+    #: `fingerprint`, so it too changes with any file of the set.
+    version: str
     size: int
     #: metadata file name ("labels.txt", ...) -> path or object key
     metadata_keys: dict = field(default_factory=dict)
-    #: Changes whenever the model file *or* any metadata file changes; the
-    #: disk cache and the refresh check key on it.
+    #: The version's full id, from every file of the set (model and
+    #: metadata): the disk cache, the refresh check and the memory of broken
+    #: versions key on it.
     fingerprint: str = ""
     #: Bytes of all files (model plus metadata), for cache accounting.
     total_size: int = 0

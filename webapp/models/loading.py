@@ -93,20 +93,24 @@ class LoadingMixin:
             raise UnknownModel(f"There is no model called '{name}'.")
         return stored
 
-    def _build(self, entry: ModelEntry, stored: StoredModel, report: bool) -> LoadedModel:
+    def _build(self, entry: ModelEntry, stored: StoredModel, report: bool,
+               key_attr: str = "loading_key") -> LoadedModel:
         """Fetch, load and warm one version of a model.
 
         Runs in a background task; each blocking step goes to a native thread.
         Status notifications are sent from here, between steps, because
         Socket.IO emits must not come from a native thread under eventlet.
+        `key_attr` names the entry's attribute that keeps the version's cache
+        key protected while it is built (`loading_key` for a load,
+        `refresh_key` for a version check: each clears only its own).
         """
         name = entry.name
         run = self._concurrency.run_blocking
-        entry.loading_key = f"{name}/{stored.fingerprint}"
+        setattr(entry, key_attr, f"{name}/{stored.fingerprint}")
         files = self._fetch(entry, stored, report)
         if files.stored != stored:  # replaced during the download: the store read the new set
             stored = files.stored
-            entry.loading_key = f"{name}/{stored.fingerprint}"
+            setattr(entry, key_attr, f"{name}/{stored.fingerprint}")
         if report:
             self._notify(entry, "loading", 0.0)
         try:

@@ -63,7 +63,7 @@ class RefreshMixin:
             log.info("model %s: new version %s in the store (serving %s)", entry.name,
                      stored.version, current.spec.version)
             try:
-                fresh = self._build(entry, stored, report=False)
+                fresh = self._build(entry, stored, report=False, key_attr="refresh_key")
             except ServingError as exc:
                 log.warning("model %s: new version %s failed to load, still serving %s: %s",
                             entry.name, stored.version, current.spec.version, exc.message)
@@ -72,9 +72,19 @@ class RefreshMixin:
                                            "message": exc.message})
                 return
             finally:
-                entry.loading_key = None
+                entry.refresh_key = None  # its own key: a load running meanwhile keeps its own
             with self._lock:
-                entry.current = fresh
+                # Swap only what was checked: if the model was unloaded meanwhile
+                # (memory bound) it stays unloaded, and a version a load brought
+                # back in the meantime is not overwritten (and leaked).
+                swapped = entry.current is current
+                if swapped:
+                    entry.current = fresh
+            if not swapped:
+                fresh.batcher.close()  # never served: its runtime is released at once
+                log.info("model %s: version %s not swapped in, the model was unloaded meanwhile",
+                         entry.name, fresh.spec.version)
+                return
             # Frames already queued finish on the old version; new ones see the new.
             current.batcher.close()
             log.info("model %s updated to version %s", entry.name, fresh.spec.version)

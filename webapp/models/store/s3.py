@@ -3,10 +3,12 @@
 Listing uses ListObjectsV2 only (no model is downloaded to list or to find
 one). A version is the set of files one listing saw, identified by all their
 ETags. Fetching downloads exactly that set into the `DiskCache`: every GET is
-pinned with `IfMatch` to the ETag listed, so a file replaced mid-download
+obj with `IfMatch` to the ETag listed, so a file replaced mid-download
 fails at once (412) instead of mixing two versions, and the set is listed and
 read again; S3 checksums are validated where the object has them
-(`ChecksumMode`), sizes always, and the content when the ETag is a plain MD5.
+(`ChecksumMode`), sizes always, and the content against the ETag: a plain
+MD5, or for a multipart upload the MD5 of its parts' MD5s (part sizes asked
+for with `PartNumber`).
 A cached copy whose ETags are unchanged is reused. When S3 cannot be reached,
 models already cached keep serving from the cache.
 """
@@ -32,6 +34,8 @@ from .base import (
 log = logging.getLogger(__name__)
 
 _PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+#: A multipart upload's ETag: the MD5 of its parts' MD5s, and the part count.
+_MULTIPART_ETAG = re.compile(r"([0-9a-f]{32})-([0-9]+)")
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -243,6 +247,8 @@ class S3Store:
                         out.write(chunk)
                         advance(len(chunk))
                 _check_file(target, key, etag, size)
+                if etag and _MULTIPART_ETAG.fullmatch(etag):
+                    self._check_multipart(target, key, etag)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise VersionChanged(f"{key} no longer has the ETag listed") from None
@@ -255,6 +261,27 @@ class S3Store:
         log.info("downloaded model %s (%.1f MB) in %.2fs", stored.name, stored.total_size / 1e6, elapsed)
         self.on_download(stored.name, elapsed)
 
+    def _check_multipart(self, path: Path, key: str, etag: str) -> None:
+        """Check a multipart object's content against its ETag (the MD5 of its
+        parts' MD5s), which needs the part sizes: part 1's from a HEAD with
+        `PartNumber` (not obj with IfMatch: some S3 implementations compare
+        it with the part's own ETag; an object replaced meanwhile just fails
+        the check and is read again at the next attempt). Uploaders (boto3, the AWS CLI,
+        `publish`) use one size for every part but the last; only if the
+        content does not match under that are all parts asked for, one HEAD
+        each, before the file is refused."""
+        count = int(etag.rsplit("-", 1)[1])
+        obj = {"Bucket": self.bucket, "Key": key}
+        first = int(self._client.head_object(**obj, PartNumber=1)["ContentLength"])
+        total = path.stat().st_size
+        last = total - first * (count - 1)
+        if 0 < last <= first and _multipart_etag(path, [first] * (count - 1) + [last]) == etag:
+            return
+        sizes = [first] + [int(self._client.head_object(**obj, PartNumber=n)["ContentLength"])
+                           for n in range(2, count + 1)]
+        if sum(sizes) != total or _multipart_etag(path, sizes) != etag:
+            raise CorruptDownload(f"{key}: content does not match its multipart ETag")
+
     def status(self) -> dict:
         return {"kind": "s3", "location": self.description, "reachable": self._reachable,
                 "error": self._last_error}
@@ -265,7 +292,7 @@ class CorruptDownload(StoreUnavailable):
 
 
 class VersionChanged(StoreUnavailable):
-    """A file was replaced after the listing its download was pinned to."""
+    """A file was replaced after the listing its download was obj to."""
 
 
 #: Bytes read from S3 per write (and progress report).
@@ -283,3 +310,20 @@ def _check_file(path: Path, key: str, etag: str | None, size: int | None) -> Non
                 digest.update(chunk)
         if digest.hexdigest() != etag:
             raise CorruptDownload(f"{key}: content does not match its ETag")
+
+
+def _multipart_etag(path: Path, sizes: list[int]) -> str:
+    """The ETag S3 gives an object uploaded in parts of these sizes."""
+    digests = []
+    with open(path, "rb") as fh:
+        for size in sizes:
+            part = hashlib.md5()
+            left = size
+            while left:
+                chunk = fh.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                part.update(chunk)
+                left -= len(chunk)
+            digests.append(part.digest())
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(sizes)}"

@@ -15,7 +15,7 @@ from .entry import LoadedModel, ModelEntry
 from .modelspec import MetadataError, ModelSpec
 from .runtime import RuntimeLoadError, load_runtime
 from .runtime.base import return_freed_memory
-from .store import StoredModel, StoreUnavailable
+from .store import PublishInProgress, StoredModel, StoreUnavailable
 
 log = logging.getLogger("webapp.registry")
 
@@ -87,6 +87,8 @@ class LoadingMixin:
     def _find(self, name: str) -> StoredModel:
         try:
             stored = self._concurrency.run_blocking(self.store.find, name)
+        except PublishInProgress:
+            raise ModelUnavailable(f"Model '{name}' is being published; try again shortly.") from None
         except StoreUnavailable as exc:
             raise ModelUnavailable(f"The model store is unavailable: {exc}") from None
         if stored is None:

@@ -27,8 +27,9 @@ from urllib.parse import urlparse
 from ..cache import DiskCache, model_filename
 from ..modelspec import is_valid_model_name
 from .base import (
-    COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES,
-    LocalModelFiles, ProgressCallback, StoredModel, StoreUnavailable, fingerprint_of,
+    COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES, MANIFEST_FILE,
+    LocalModelFiles, ProgressCallback, PublishInProgress, StoredModel, StoreUnavailable, fingerprint_of,
+    publishing,
 )
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ def group_models(objects: Iterable[dict], prefix: str) -> dict[str, StoredModel]
             flat = {"labels.txt": f"{name}.labels.txt", CONVERTED_FILE: f"{name}.tflite"}
             metadata = {role: key for role, key in flat.items() if key in by_key}
         obj = by_key[rel]
+        manifest = by_key.get(f"{name}/{MANIFEST_FILE}") if layout == "directory" else None
+        newest = max(_modified(by_key[key]) for key in (rel, *metadata.values()))
+        in_progress = publishing(name, newest, _modified(manifest) if manifest else None, time.time())
         etags = {"model": _etag(obj)}
         etags.update({role: _etag(by_key[key]) for role, key in metadata.items()})
         models[name] = StoredModel(
@@ -115,8 +119,15 @@ def group_models(objects: Iterable[dict], prefix: str) -> dict[str, StoredModel]
             fingerprint=fingerprint_of(etags.items()),
             total_size=int(obj["Size"]) + sum(int(by_key[key]["Size"]) for key in metadata.values()),
             etags=etags,
+            publishing=in_progress,
         )
     return models
+
+
+def _modified(obj: dict) -> float:
+    """An object's LastModified, in seconds since the epoch (0 if not listed)."""
+    when = obj.get("LastModified")
+    return when.timestamp() if hasattr(when, "timestamp") else 0.0
 
 
 class S3Store:
@@ -191,7 +202,15 @@ class S3Store:
             if was_reachable is not False:  # once per outage, not per check
                 log.warning("S3 unreachable (%s); serving cached models", self._last_error)
             return cached
-        return group_models(objects, self.prefix).get(name)
+        stored = group_models(objects, self.prefix).get(name)
+        if stored is not None and stored.publishing:
+            # Part old, part new: never served. The version cached last (the
+            # one serving, as a rule) stands in until the manifest is written.
+            cached = self.cache.latest(name) if self.cache else None
+            if cached is not None:
+                return cached
+            raise PublishInProgress(f"model {name} is being published (files newer than its {MANIFEST_FILE})")
+        return stored
 
     # -- fetching --------------------------------------------------------------
 

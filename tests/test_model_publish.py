@@ -149,3 +149,30 @@ def test_a_slow_publish_is_never_served_half_done(s3, versions, tmp_path, mode):
     # How: the manifest is written last, after every file of the version.
     assert s3.landed[-1] == "manifest.json" and len(s3.landed) >= 5, s3.landed
     assert published["files"][-1].endswith("/manifest.json")
+
+
+def test_a_directory_store_mid_publish_keeps_the_old_version(tmp_path, versions):
+    """The same rule in a directory store: between the first file of a new
+    version and its manifest, `find` gives no version (the server keeps the
+    one it serves); the listing still shows the model; the manifest completes it."""
+    from webapp.models.store import LocalStore, PublishInProgress
+    from webapp.models.store.publish import publish as publish_files
+
+    store_dir = tmp_path / "store"
+    model, labels = versions["v1"]
+    publish_files(str(store_dir), "alpha", {"model.keras": model, "labels.txt": labels}, {})
+    store = LocalStore(store_dir)
+    old = store.find("alpha")
+    assert (store_dir / "alpha" / "manifest.json").is_file()
+    new_model, new_labels = versions["v2"]
+    # A publish of v2 stopped after its first file (as a slow one is, for a while):
+    written = store_dir / "alpha" / "labels.txt"
+    written.write_bytes(new_labels.read_bytes())
+    manifest_time = (store_dir / "alpha" / "manifest.json").stat().st_mtime
+    os.utime(written, (manifest_time + 1, manifest_time + 1))  # written after it, whatever the clock's tick
+    with pytest.raises(PublishInProgress):
+        store.find("alpha")
+    assert [m.name for m in store.list_models()] == ["alpha"]
+    publish_files(str(store_dir), "alpha", {"model.keras": new_model, "labels.txt": new_labels}, {})
+    new = store.find("alpha")
+    assert new is not None and new.fingerprint != old.fingerprint

@@ -94,6 +94,9 @@ class PublishInProgress(StoreUnavailable):
     """A new version of the model is being written and no complete one is at hand."""
 
 
+_WARNED: set = set()
+
+
 def publishing(name: str, newest_file: float, manifest: float | None, now: float) -> bool:
     """Whether a set whose newest file was written at `newest_file` (seconds
     since the epoch) is mid-publish, given its manifest's time (None: no
@@ -101,6 +104,11 @@ def publishing(name: str, newest_file: float, manifest: float | None, now: float
     if manifest is None or newest_file <= manifest:
         return False
     if now - newest_file > PUBLISH_GRACE_SECONDS:
+        if (name, newest_file) in _WARNED:
+            return False
+        if len(_WARNED) >= 1024:
+            _WARNED.clear()
+        _WARNED.add((name, newest_file))  # once per set, not per version check
         log.warning("model %s: files newer than its %s for over %.0f s: serving them as they are "
                     "(publish with `python -m webapp publish`, which writes the manifest last)",
                     name, MANIFEST_FILE, PUBLISH_GRACE_SECONDS)

@@ -3,7 +3,7 @@
 Listing uses ListObjectsV2 only (no model is downloaded to list or to find
 one). A version is the set of files one listing saw, identified by all their
 ETags. Fetching downloads exactly that set into the `DiskCache`: every GET is
-obj with `IfMatch` to the ETag listed, so a file replaced mid-download
+pinned with `IfMatch` to the ETag listed, so a file replaced mid-download
 fails at once (412) instead of mixing two versions, and the set is listed and
 read again; S3 checksums are validated where the object has them
 (`ChecksumMode`), sizes always, and the content against the ETag: a plain
@@ -283,10 +283,10 @@ class S3Store:
     def _check_multipart(self, path: Path, key: str, etag: str) -> None:
         """Check a multipart object's content against its ETag (the MD5 of its
         parts' MD5s), which needs the part sizes: part 1's from a HEAD with
-        `PartNumber` (not obj with IfMatch: some S3 implementations compare
-        it with the part's own ETag; an object replaced meanwhile just fails
-        the check and is read again at the next attempt). Uploaders (boto3, the AWS CLI,
-        `publish`) use one size for every part but the last; only if the
+        `PartNumber` (not pinned with IfMatch: some S3 implementations
+        compare it with the part's own ETag; an object replaced meanwhile just
+        fails the check and is read again at the next attempt). Uploaders
+        (boto3, the AWS CLI, `publish`) use one size for every part but the last; only if the
         content does not match under that are all parts asked for, one HEAD
         each, before the file is refused."""
         count = int(etag.rsplit("-", 1)[1])
@@ -311,7 +311,7 @@ class CorruptDownload(StoreUnavailable):
 
 
 class VersionChanged(StoreUnavailable):
-    """A file was replaced after the listing its download was obj to."""
+    """A file was replaced after the listing its download was pinned to."""
 
 
 #: Bytes read from S3 per write (and progress report).

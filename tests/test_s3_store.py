@@ -276,7 +276,8 @@ def test_publish_then_serve(s3, model_files, tmp_path):
     summary = json.loads(published.stdout)
     assert summary["labels"] == ["red", "green", "blue"]
     keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
-    assert keys == {f"{PREFIX}/delta/{f}" for f in ("model.keras", "labels.txt", "model.json", "model.tflite")}
+    assert keys == {f"{PREFIX}/delta/{f}" for f in ("model.keras", "labels.txt", "model.json", "model.tflite",
+                                                              "manifest.json")}
     assert summary["litert"] is True
 
     listing = run_cli("models", "--store", store, "--json", env=env)

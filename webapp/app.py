@@ -11,7 +11,7 @@ from flask import Flask
 from .config import PROJECT_ROOT, load_config
 from .extensions import socketio
 from .frames.access import AccessPolicy
-from .frames.batching import ModelBatcher
+from .frames.batching import batcher_factory
 from .frames.service import PredictionService
 from .models.cache import DiskCache
 from .models.registry import ModelRegistry
@@ -64,12 +64,8 @@ def create_app(config: dict | None = None) -> Flask:
     metrics = Metrics()
     cache = DiskCache(settings["MODEL_CACHE_DIR"], int(float(settings["MODEL_CACHE_MAX_MB"]) * 1024 * 1024))
     store = open_store(settings["MODEL_STORE"], cache, settings, on_download=metrics.downloaded)
-    max_batch = int(settings["MAX_BATCH"])
-
-    def make_batcher(name, predict, workers, on_retired):
-        return ModelBatcher(name, predict, concurrency, max_batch, workers=workers, on_retired=on_retired)
-
-    registry = ModelRegistry(store, concurrency, settings, cache, make_batcher=make_batcher,
+    registry = ModelRegistry(store, concurrency, settings, cache,
+                             make_batcher=batcher_factory(concurrency, int(settings["MAX_BATCH"])),
                              announce=socketio_events.announce_to_model_users)
     metrics.watch(registry, cache, memory)
     board = StatusBoard(registry, cache, metrics, socketio_events.PROCESS_ID, memory)

@@ -269,3 +269,12 @@ class ModelBatcher:
 
 def _stack_and_run(predict: Callable[[np.ndarray], np.ndarray], tensors: list[np.ndarray]) -> np.ndarray:
     return predict(np.stack(tensors))
+
+
+def batcher_factory(concurrency, max_batch: int):
+    """`make_batcher` for `ModelRegistry`: one `ModelBatcher` per loaded version."""
+
+    def make_batcher(name: str, predict, workers: int, on_retired) -> ModelBatcher:
+        return ModelBatcher(name, predict, concurrency, max_batch, workers=workers, on_retired=on_retired)
+
+    return make_batcher

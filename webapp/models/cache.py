@@ -218,7 +218,8 @@ class DiskCache:
             return None
         newest = max(candidates, key=lambda e: e.last_used)
         data = json.loads((newest.path / STORED_JSON).read_text())
-        return StoredModel(**data)
+        known = {f.name for f in dataclasses.fields(StoredModel)}
+        return StoredModel(**{key: value for key, value in data.items() if key in known})
 
     def entries(self) -> list[CacheEntry]:
         """Every complete entry and every conversion, with its size and last use."""
@@ -269,7 +270,9 @@ class DiskCache:
             staging.mkdir(parents=True)
             try:
                 write(staging)
-                (staging / STORED_JSON).write_text(json.dumps(dataclasses.asdict(stored)))
+                record = dataclasses.asdict(stored)
+                record.pop("publishing", None)  # never true for a set that is fetched
+                (staging / STORED_JSON).write_text(json.dumps(record))
                 final = self._entry_dir(stored.name, stored.fingerprint)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 if final.exists():  # incomplete (no stored.json, or get() would have found it)

@@ -58,7 +58,10 @@ class ModelEntry:
         self.failures = 0
         self.retry_at = 0.0
         self.loading = False
+        #: Cache keys ("name/fingerprint") of versions being built, kept on disk
+        #: meanwhile: one for a load, one for a version check (they may overlap).
         self.loading_key: str | None = None
+        self.refresh_key: str | None = None
         self.updating = False
         self.progress = 0.0
         self.done = None  # event set when the load in progress ends

@@ -14,7 +14,7 @@ from .entry import LoadedModel, ModelEntry
 from .modelspec import MetadataError, ModelSpec
 from .runtime import RuntimeLoadError, load_runtime
 from .runtime.base import return_freed_memory
-from .store import StoredModel, StoreUnavailable
+from .store import PublishInProgress, StoredModel, StoreUnavailable
 
 log = logging.getLogger("webapp.models.registry")
 
@@ -86,26 +86,32 @@ class LoadingMixin:
     def _find(self, name: str) -> StoredModel:
         try:
             stored = self._concurrency.run_blocking(self.store.find, name)
+        except PublishInProgress:
+            raise ModelUnavailable(f"Model '{name}' is being published; try again shortly.") from None
         except StoreUnavailable as exc:
             raise ModelUnavailable(f"The model store is unavailable: {exc}") from None
         if stored is None:
             raise UnknownModel(f"There is no model called '{name}'.")
         return stored
 
-    def _build(self, entry: ModelEntry, stored: StoredModel, report: bool) -> LoadedModel:
+    def _build(self, entry: ModelEntry, stored: StoredModel, report: bool,
+               key_attr: str = "loading_key") -> LoadedModel:
         """Fetch, load and warm one version of a model.
 
         Runs in a background task; each blocking step goes to a native thread.
         Status notifications are sent from here, between steps, because
         Socket.IO emits must not come from a native thread under eventlet.
+        `key_attr` names the entry's attribute that keeps the version's cache
+        key protected while it is built (`loading_key` for a load,
+        `refresh_key` for a version check: each clears only its own).
         """
         name = entry.name
         run = self._concurrency.run_blocking
-        entry.loading_key = f"{name}/{stored.fingerprint}"
+        setattr(entry, key_attr, f"{name}/{stored.fingerprint}")
         files = self._fetch(entry, stored, report)
         if files.stored != stored:  # replaced during the download: the store read the new set
             stored = files.stored
-            entry.loading_key = f"{name}/{stored.fingerprint}"
+            setattr(entry, key_attr, f"{name}/{stored.fingerprint}")
         if report:
             self._notify(entry, "loading", 0.0)
         try:
@@ -168,7 +174,8 @@ class LoadingMixin:
         if report:
             self._concurrency.spawn(report_progress)
         try:
-            return self._concurrency.run_blocking(self.store.fetch, stored, on_progress, self.protected_cache_keys())
+            return self._concurrency.run_blocking(self.store.fetch, stored, on_progress,
+                                                  self.protected_cache_keys)
         except StoreUnavailable as exc:
             raise ModelUnavailable(f"Model '{entry.name}' could not be downloaded: {exc}") from None
         except MetadataError as exc:

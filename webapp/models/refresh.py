@@ -9,7 +9,7 @@ import time
 
 from ..errors import ServingError
 from .entry import ModelEntry
-from .store import StoreUnavailable
+from .store import PublishInProgress, StoreUnavailable
 
 log = logging.getLogger("webapp.models.registry")
 
@@ -51,6 +51,9 @@ class RefreshMixin:
                 return
             try:
                 stored = self._concurrency.run_blocking(self.store.find, entry.name)
+            except PublishInProgress as exc:
+                log.info("model %s: %s; still serving %s", entry.name, exc, current.spec.version)
+                return
             except StoreUnavailable as exc:
                 log.warning("cannot check model %s for updates: %s", entry.name, exc)
                 return
@@ -63,8 +66,12 @@ class RefreshMixin:
             log.info("model %s: new version %s in the store (serving %s)", entry.name,
                      stored.version, current.spec.version)
             try:
-                fresh = self._build(entry, stored, report=False)
+                fresh = self._build(entry, stored, report=False, key_attr="refresh_key")
             except ServingError as exc:
+                if exc is not entry.broken_error:  # the store or the disk, not the files: tried again
+                    log.warning("model %s: new version %s could not be loaded now, still serving %s: %s",
+                                entry.name, stored.version, current.spec.version, exc.message)
+                    return
                 log.warning("model %s: new version %s failed to load, still serving %s: %s",
                             entry.name, stored.version, current.spec.version, exc.message)
                 self.announce(entry.name, {"model": entry.name, "state": "failed", "progress": 0.0,
@@ -72,9 +79,21 @@ class RefreshMixin:
                                            "message": exc.message})
                 return
             finally:
-                entry.loading_key = None
+                entry.refresh_key = None  # its own key: a load running meanwhile keeps its own
             with self._lock:
-                entry.current = fresh
+                # Swap only what was checked: if the model was unloaded meanwhile
+                # (memory bound) it stays unloaded, and a version a load brought
+                # back in the meantime is not overwritten (and leaked).
+                # (Nor the same set again: the store may hand back the version
+                # serving when the new one was replaced mid-download.)
+                swapped = entry.current is current and fresh.stored.fingerprint != current.stored.fingerprint
+                if swapped:
+                    entry.current = fresh
+            if not swapped:
+                fresh.batcher.close()  # never served: its runtime is released at once
+                log.info("model %s: version %s not swapped in (unloaded meanwhile, or the version serving)",
+                         entry.name, fresh.spec.version)
+                return
             # Frames already queued finish on the old version; new ones see the new.
             current.batcher.close()
             log.info("model %s updated to version %s", entry.name, fresh.spec.version)

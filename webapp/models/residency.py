@@ -41,4 +41,5 @@ class ResidencyMixin:
         with self._lock:
             keys = {e.current.cache_key for e in self._entries.values() if e.current is not None}
             keys |= {e.loading_key for e in self._entries.values() if e.loading_key}
+            keys |= {e.refresh_key for e in self._entries.values() if e.refresh_key}
         return keys

@@ -1,6 +1,6 @@
 """Model stores: where model files live (a local directory, or S3)."""
 
-from .base import LocalModelFiles, ModelStore, StoredModel, StoreUnavailable
+from .base import LocalModelFiles, ModelStore, PublishInProgress, StoredModel, StoreUnavailable
 from .local import LocalStore
 
 
@@ -16,4 +16,5 @@ def open_store(location: str, cache=None, settings: dict | None = None, on_downl
     return LocalStore(location)
 
 
-__all__ = ["LocalModelFiles", "LocalStore", "ModelStore", "StoredModel", "StoreUnavailable", "open_store"]
+__all__ = ["LocalModelFiles", "LocalStore", "ModelStore", "PublishInProgress", "StoredModel", "StoreUnavailable",
+           "open_store"]

@@ -16,11 +16,14 @@ A store lists models and fetches one as local files; it never loads models.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from ..modelspec import ModelMetadata
+
+log = logging.getLogger(__name__)
 
 #: Model file names in the directory layout, in order of preference.
 DIRECTORY_MODEL_FILES = ("model.keras", "model.h5")
@@ -33,6 +36,13 @@ CONVERTED_FILE = "model.tflite"
 INT8_FILE = "model.int8.tflite"
 #: Every file that travels with a model in the directory layout.
 COMPANION_FILES = (*METADATA_FILES, CONVERTED_FILE, INT8_FILE)
+#: Written by `publish` after every other file of a version: while any file of
+#: a model is newer than its manifest, a publish is in progress and the set is
+#: not a version yet (servers keep serving the one they have).
+MANIFEST_FILE = "manifest.json"
+#: A set still newer than its manifest after this long is taken as it is (files
+#: changed by hand in a published folder), with a warning.
+PUBLISH_GRACE_SECONDS = 3600.0
 
 #: Called with a fraction 0.0-1.0 while a fetch makes progress.
 ProgressCallback = Callable[[float], None]
@@ -59,6 +69,9 @@ class StoredModel:
     total_size: int = 0
     #: ETag of each file when the store has one (S3), for download checks.
     etags: dict = field(default_factory=dict)
+    #: Some file is newer than the folder's manifest: a publish is writing a
+    #: new version, and this set (part old, part new) must not be served.
+    publishing: bool = False
 
     @property
     def file_format(self) -> str:
@@ -78,6 +91,32 @@ class LocalModelFiles:
 
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached (network, credentials, missing root)."""
+
+
+class PublishInProgress(StoreUnavailable):
+    """A new version of the model is being written and no complete one is at hand."""
+
+
+_WARNED: set = set()
+
+
+def publishing(name: str, newest_file: float, manifest: float | None, now: float) -> bool:
+    """Whether a set whose newest file was written at `newest_file` (seconds
+    since the epoch) is mid-publish, given its manifest's time (None: no
+    manifest, a folder `publish` never wrote: taken as it is)."""
+    if manifest is None or newest_file <= manifest:
+        return False
+    if now - newest_file > PUBLISH_GRACE_SECONDS:
+        if (name, newest_file) in _WARNED:
+            return False
+        if len(_WARNED) >= 1024:
+            _WARNED.clear()
+        _WARNED.add((name, newest_file))  # once per set, not per version check
+        log.warning("model %s: files newer than its %s for over %.0f s: serving them as they are "
+                    "(publish with `python -m webapp publish`, which writes the manifest last)",
+                    name, MANIFEST_FILE, PUBLISH_GRACE_SECONDS)
+        return False
+    return True
 
 
 def fingerprint_of(parts) -> str:
@@ -102,9 +141,10 @@ class ModelStore(Protocol):
     def find(self, name: str) -> StoredModel | None: ...
 
     def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None,
-              protected: Iterable[str] = ()) -> LocalModelFiles:
-        """The files of `stored` on local disk; a download may evict cache
-        entries to make room, never those whose keys are in `protected`."""
+              protected: Callable[[], Iterable[str]] = frozenset) -> LocalModelFiles:
+        """The files of `stored` on local disk. A download may evict cache
+        entries to make room, never those whose keys `protected()` returns
+        when the room is made (asked then: other loads may start meanwhile)."""
 
     def status(self) -> dict: ...
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..modelspec import is_valid_model_name
 from .base import (
-    COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES,
-    LocalModelFiles, ProgressCallback, StoredModel, StoreUnavailable, fingerprint_of, parse_metadata,
+    COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES, MANIFEST_FILE,
+    LocalModelFiles, ProgressCallback, PublishInProgress, StoredModel, StoreUnavailable, fingerprint_of,
+    parse_metadata, publishing,
 )
 
 
@@ -47,6 +50,13 @@ class LocalStore:
         return digest, stat.st_size
 
     def find(self, name: str) -> StoredModel | None:
+        """The current version of `name`; `PublishInProgress` while a publish writes it."""
+        stored = self._find_set(name)
+        if stored is not None and stored.publishing:
+            raise PublishInProgress(f"model {name} is being published (files newer than its {MANIFEST_FILE})")
+        return stored
+
+    def _find_set(self, name: str) -> StoredModel | None:
         if not is_valid_model_name(name):
             return None
         if not self.root.is_dir():
@@ -56,7 +66,10 @@ class LocalStore:
             path = folder / filename
             if path.is_file():
                 metadata = {m: str(folder / m) for m in COMPANION_FILES if (folder / m).is_file()}
-                return self._stored(name, "directory", path, metadata)
+                stored = self._stored(name, "directory", path, metadata)
+                if self._publishing(name, folder, [path, *map(Path, metadata.values())]):
+                    stored = dataclasses.replace(stored, publishing=True)
+                return stored
         for suffix in FLAT_MODEL_SUFFIXES:
             path = self.root / f"{name}{suffix}"
             if path.is_file():
@@ -65,6 +78,16 @@ class LocalStore:
                 metadata = {role: str(p) for role, p in flat.items() if p.is_file()}
                 return self._stored(name, "flat", path, metadata)
         return None
+
+    @staticmethod
+    def _publishing(name: str, folder: Path, files: list[Path]) -> bool:
+        """A publish is writing this folder: some file is newer than the manifest."""
+        try:
+            manifest = (folder / MANIFEST_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        newest = max(path.stat().st_mtime for path in files)
+        return publishing(name, newest, manifest, time.time())
 
     def _stored(self, name: str, layout: str, path: Path, metadata: dict) -> StoredModel:
         digest, size = self._version(path)
@@ -92,11 +115,11 @@ class LocalStore:
         return {name for name in names if is_valid_model_name(name)}
 
     def list_models(self, max_age: float | None = None) -> list[StoredModel]:
-        found = (self.find(name) for name in sorted(self.model_names()))
+        found = (self._find_set(name) for name in sorted(self.model_names()))
         return [model for model in found if model is not None]
 
     def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None,
-              protected: Iterable[str] = ()) -> LocalModelFiles:
+              protected: Callable[[], Iterable[str]] = frozenset) -> LocalModelFiles:
         metadata = parse_metadata(lambda key: Path(key).read_text(encoding="utf-8"), stored.metadata_keys)
         if progress:
             progress(1.0)

@@ -6,7 +6,9 @@ ETags. Fetching downloads exactly that set into the `DiskCache`: every GET is
 pinned with `IfMatch` to the ETag listed, so a file replaced mid-download
 fails at once (412) instead of mixing two versions, and the set is listed and
 read again; S3 checksums are validated where the object has them
-(`ChecksumMode`), sizes always, and the content when the ETag is a plain MD5.
+(`ChecksumMode`), sizes always, and the content against the ETag: a plain
+MD5, or for a multipart upload the MD5 of its parts' MD5s (part sizes asked
+for with `PartNumber`).
 A cached copy whose ETags are unchanged is reused. When S3 cannot be reached,
 models already cached keep serving from the cache.
 """
@@ -24,8 +26,9 @@ from urllib.parse import urlparse
 
 from ..modelspec import is_valid_model_name
 from .base import (
-    COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES,
-    LocalModelFiles, ProgressCallback, StoredModel, StoreUnavailable, fingerprint_of, model_filename,
+    COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES, MANIFEST_FILE,
+    LocalModelFiles, ProgressCallback, PublishInProgress, StoredModel, StoreUnavailable, fingerprint_of,
+    model_filename, publishing,
 )
 
 if TYPE_CHECKING:  # the cache is passed in; importing it here would make a cycle
@@ -34,6 +37,8 @@ if TYPE_CHECKING:  # the cache is passed in; importing it here would make a cycl
 log = logging.getLogger(__name__)
 
 _PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+#: A multipart upload's ETag: the MD5 of its parts' MD5s, and the part count.
+_MULTIPART_ETAG = re.compile(r"([0-9a-f]{32})-([0-9]+)")
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -102,6 +107,9 @@ def group_models(objects: Iterable[dict], prefix: str) -> dict[str, StoredModel]
             flat = {"labels.txt": f"{name}.labels.txt", CONVERTED_FILE: f"{name}.tflite"}
             metadata = {role: key for role, key in flat.items() if key in by_key}
         obj = by_key[rel]
+        manifest = by_key.get(f"{name}/{MANIFEST_FILE}") if layout == "directory" else None
+        newest = max(_modified(by_key[key]) for key in (rel, *metadata.values()))
+        in_progress = publishing(name, newest, _modified(manifest) if manifest else None, time.time())
         etags = {"model": _etag(obj)}
         etags.update({role: _etag(by_key[key]) for role, key in metadata.items()})
         models[name] = StoredModel(
@@ -113,8 +121,15 @@ def group_models(objects: Iterable[dict], prefix: str) -> dict[str, StoredModel]
             fingerprint=fingerprint_of(etags.items()),
             total_size=int(obj["Size"]) + sum(int(by_key[key]["Size"]) for key in metadata.values()),
             etags=etags,
+            publishing=in_progress,
         )
     return models
+
+
+def _modified(obj: dict) -> float:
+    """An object's LastModified, in seconds since the epoch (0 if not listed)."""
+    when = obj.get("LastModified")
+    return when.timestamp() if hasattr(when, "timestamp") else 0.0
 
 
 class S3Store:
@@ -187,12 +202,20 @@ class S3Store:
             if was_reachable is not False:  # once per outage, not per check
                 log.warning("S3 unreachable (%s); serving cached models", self._last_error)
             return cached
-        return group_models(objects, self.prefix).get(name)
+        stored = group_models(objects, self.prefix).get(name)
+        if stored is not None and stored.publishing:
+            # Part old, part new: never served. The version cached last (the
+            # one serving, as a rule) stands in until the manifest is written.
+            cached = self.cache.latest(name) if self.cache else None
+            if cached is not None:
+                return cached
+            raise PublishInProgress(f"model {name} is being published (files newer than its {MANIFEST_FILE})")
+        return stored
 
     # -- fetching --------------------------------------------------------------
 
     def fetch(self, stored: StoredModel, progress: ProgressCallback | None = None,
-              protected: Iterable[str] = ()) -> LocalModelFiles:
+              protected: Callable[[], Iterable[str]] = frozenset) -> LocalModelFiles:
         """The files of `stored`, or of the version that replaced it during the
         download (read again once); `files.stored` says which."""
         if self.cache is None:
@@ -205,7 +228,7 @@ class S3Store:
                 return cached
             try:
                 return self.cache.put(stored, lambda folder: self._download(stored, folder, progress),
-                                      protected=protected)
+                                      protected=protected())
             except VersionChanged as exc:
                 fresh = self.find(stored.name)
                 if attempt or fresh is None:
@@ -244,6 +267,8 @@ class S3Store:
                         out.write(chunk)
                         advance(len(chunk))
                 _check_file(target, key, etag, size)
+                if etag and _MULTIPART_ETAG.fullmatch(etag):
+                    self._check_multipart(target, key, etag)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise VersionChanged(f"{key} no longer has the ETag listed") from None
@@ -255,6 +280,27 @@ class S3Store:
         elapsed = time.perf_counter() - started
         log.info("downloaded model %s (%.1f MB) in %.2fs", stored.name, stored.total_size / 1e6, elapsed)
         self.on_download(stored.name, elapsed)
+
+    def _check_multipart(self, path: Path, key: str, etag: str) -> None:
+        """Check a multipart object's content against its ETag (the MD5 of its
+        parts' MD5s), which needs the part sizes: part 1's from a HEAD with
+        `PartNumber` (not pinned with IfMatch: some S3 implementations
+        compare it with the part's own ETag; an object replaced meanwhile just
+        fails the check and is read again at the next attempt). Uploaders
+        (boto3, the AWS CLI, `publish`) use one size for every part but the last; only if the
+        content does not match under that are all parts asked for, one HEAD
+        each, before the file is refused."""
+        count = int(etag.rsplit("-", 1)[1])
+        obj = {"Bucket": self.bucket, "Key": key}
+        first = int(self._client.head_object(**obj, PartNumber=1)["ContentLength"])
+        total = path.stat().st_size
+        last = total - first * (count - 1)
+        if 0 < last <= first and _multipart_etag(path, [first] * (count - 1) + [last]) == etag:
+            return
+        sizes = [first] + [int(self._client.head_object(**obj, PartNumber=n)["ContentLength"])
+                           for n in range(2, count + 1)]
+        if sum(sizes) != total or _multipart_etag(path, sizes) != etag:
+            raise CorruptDownload(f"{key}: content does not match its multipart ETag")
 
     def status(self) -> dict:
         return {"kind": "s3", "location": self.description, "reachable": self._reachable,
@@ -284,3 +330,20 @@ def _check_file(path: Path, key: str, etag: str | None, size: int | None) -> Non
                 digest.update(chunk)
         if digest.hexdigest() != etag:
             raise CorruptDownload(f"{key}: content does not match its ETag")
+
+
+def _multipart_etag(path: Path, sizes: list[int]) -> str:
+    """The ETag S3 gives an object uploaded in parts of these sizes."""
+    digests = []
+    with open(path, "rb") as fh:
+        for size in sizes:
+            part = hashlib.md5()
+            left = size
+            while left:
+                chunk = fh.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                part.update(chunk)
+                left -= len(chunk)
+            digests.append(part.digest())
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(sizes)}"

@@ -92,3 +92,55 @@ def test_frames_over_max_batch_are_split_across_calls(server):
     # Counted as answered: one label per frame, none lost between the calls.
     assert metric(server, "webapp_frames_total", model="shapes", outcome="label") == labelled_before + WAITING + 1
     assert requests.get(server.url + "/api/models/shapes", timeout=30).json()["batching"]["max_batch"] == MAX_BATCH
+
+
+# -- LITERT_INTERPRETERS: one worker per interpreter, waiting frames split between them --
+
+
+@pytest.fixture(scope="module")
+def two_interpreters(model_store, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("interpreters")
+    calls = workdir / "calls"
+    calls.mkdir()
+    with SignallingServer(calls, log_dir=workdir,
+                          env={"MODEL_STORE": str(model_store), "DEFAULT_MODEL": "shapes",
+                               "LITERT_INTERPRETERS": "2", "MODEL_CACHE_DIR": str(workdir / "cache")}) as proc:
+        proc.start()
+        proc.wait_ready()
+        yield proc
+
+
+def test_each_interpreter_runs_its_own_call_and_waiting_frames_are_split_between_them(two_interpreters):
+    server = two_interpreters
+    details = requests.get(server.url + "/api/models/shapes", timeout=30).json()
+    assert details["runtime"] == "litert" and details["interpreters"] == 2, details
+    image = encode(shape_image("triangle", seed=6))
+    clients = [server.client() for _ in range(6)]
+    try:
+        clients[0].call("frame", {"model": "shapes", "image": image})
+        before = len(server.started_calls("shapes"))
+        server.hold("shapes")
+        try:
+            # Two frames, two calls running at the same time: one per interpreter.
+            clients[0].emit("frame", {"model": "shapes", "image": image, "id": "a"})
+            server.wait_for_calls("shapes", before + 1)
+            clients[1].emit("frame", {"model": "shapes", "image": image, "id": "b"})
+            assert server.wait_for_calls("shapes", before + 2)[before:] == [1, 1]
+            for i, client in enumerate(clients[2:]):
+                client.emit("frame", {"model": "shapes", "image": image, "id": f"queued{i}"})
+            wait_until(lambda: metric(server, "webapp_queue_depth", model="shapes") == 4, 60,
+                       lambda: server.log()[-2000:])
+        finally:
+            server.release("shapes")
+        answers = [client.next("label", timeout=60) for client in clients]
+    finally:
+        for client in clients:
+            client.close()
+    sizes = server.started_calls("shapes")[before:]
+    # The four that waited were shared out (the first free worker takes half of
+    # what waits, the other the rest), instead of one call of four.
+    assert sizes[:2] == [1, 1] and sum(sizes[2:]) == 4, sizes
+    assert max(sizes[2:]) == 2 and len(sizes[2:]) >= 2, sizes
+    assert [a["timing"]["batch_size"] for a in answers[:2]] == [1, 1]
+    assert sorted(a["timing"]["batch_size"] for a in answers[2:]) == sorted(s for s in sizes[2:] for _ in range(s))
+    assert all(a["labels"][0]["label"] == "triangle" for a in answers)

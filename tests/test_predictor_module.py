@@ -317,3 +317,25 @@ def test_stream_backs_off_while_the_server_answers_rate_limited(limited, site, b
     assert_backs_off(log, "rate_limited")
     # The first frame was within the rate and labelled; then the client waited longer each time.
     assert [entry["code"] for entry in log if "code" in entry][0] == "label", log
+
+
+def test_a_prediction_waiting_when_the_connection_goes_rejects_disconnected(held, site, browser):
+    open_harness(browser, site, held.url)
+    before = len(held.started_calls("shapes"))
+    held.hold("shapes")
+    try:
+        browser.execute_script("""
+            window.dropped = null;
+            const predictor = new Predictor(arguments[0], { model: "shapes", timeoutMs: 60000 });
+            window.dropping = predictor;
+            connected(predictor).then(() => settle(predictor.predict(shapeCanvas()))).then((r) => { window.dropped = r; });
+        """, held.url)
+        held.wait_for_calls("shapes", before + 1)  # in the model, its answer held back
+        browser.execute_script("window.dropping.close();")  # the connection goes meanwhile
+        outcome = wait_for(browser, lambda d: d.execute_script("return window.dropped"), timeout=30)
+        after = run(browser, "return await settle(window.dropping.predict(shapeCanvas()));")
+    finally:
+        held.release("shapes")
+    # Rejected at once, not after the 60 s timeout: the answer cannot come any more.
+    assert outcome.get("isPredictionError") and outcome["code"] == "disconnected", outcome
+    assert after.get("isPredictionError") and after["code"] == "disconnected", after

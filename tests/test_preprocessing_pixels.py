@@ -138,3 +138,49 @@ def animation(fmt: str) -> bytes:
 def test_animated_images_use_only_the_first_frame(server, fmt):
     seen = seen_by_the_model(server, animation(fmt))
     assert np.abs(seen - np.array(FIRST)).max() <= 2, seen  # GIF's palette may round a level or so
+
+
+# -- colour modes: palette, CMYK, grey and 16-bit grey become RGB ------------------------
+# 10x9: under 2x the input, so neither DCT scaling nor pre-shrinking applies and the
+# reference is plain Pillow: convert, centre crop (10x8), BILINEAR to 6x5.
+
+NOISE = np.random.default_rng(5)
+
+
+def small_reference(rgb: Image.Image) -> np.ndarray:
+    return np.asarray(rgb.crop((0, 0, 10, 8)).resize((WIDTH, HEIGHT), Image.BILINEAR), dtype=np.float64)
+
+
+def grey() -> tuple[bytes, Image.Image]:
+    image = Image.fromarray(NOISE.integers(0, 256, (9, 10), dtype=np.uint8), "L")
+    return encode(image, "PNG"), image.convert("RGB")
+
+
+def palette() -> tuple[bytes, Image.Image]:
+    image = Image.fromarray(NOISE.integers(0, 8, (9, 10), dtype=np.uint8), "P")
+    image.putpalette(NOISE.integers(0, 256, 8 * 3, dtype=np.uint8).tolist() + [0] * (248 * 3))
+    return encode(image, "PNG"), image.convert("RGB")
+
+
+def cmyk() -> tuple[bytes, Image.Image]:
+    image = Image.fromarray(NOISE.integers(0, 256, (9, 10, 4), dtype=np.uint8), "CMYK")
+    data = encode(image, "JPEG", quality=95)
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.mode == "CMYK"
+    return data, decoded.convert("RGB")
+
+
+def sixteen_bit_grey() -> tuple[bytes, Image.Image]:
+    # High and low bytes differ everywhere: keeping the wrong one, or clipping, shows.
+    values = (NOISE.integers(0, 256, (9, 10)) * 256 + NOISE.integers(0, 256, (9, 10))).astype(np.uint16)
+    image = Image.fromarray(values)  # mode I;16
+    data = encode(image, "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    return data, Image.fromarray((values >> 8).astype(np.uint8), "L").convert("RGB")
+
+
+@pytest.mark.parametrize("make", [grey, palette, cmyk, sixteen_bit_grey], ids=["L", "P", "CMYK", "I16"])
+def test_palette_cmyk_grey_and_16_bit_become_rgb(server, make):
+    data, rgb = make()
+    seen, expected = seen_by_the_model(server, data), small_reference(rgb)
+    assert np.abs(seen - expected).max() <= 1, (seen, expected)

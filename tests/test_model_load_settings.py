@@ -139,3 +139,40 @@ def test_only_warm_set_size_recent_models_are_loaded_again_after_a_restart(model
         assert listed["tiny"]["loaded"] is False, listed
         assert re.search(r"model binary version \S+ loaded", second.log())  # the line the next check relies on
         assert not re.search(r"model tiny version \S+ loaded", second.log()), second.log()
+
+
+def test_a_model_with_frames_waiting_is_never_unloaded_for_the_bound(model_store, tmp_path):
+    """MAX_LOADED_MODELS=1: loading a second model unloads the least recently
+    used one, unless frames are waiting for it."""
+    from callsignals import SignallingServer
+
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    # One interpreter: a second frame waits in the queue instead of starting a second call.
+    env = {"MODEL_STORE": str(model_store), "DEFAULT_MODEL": "", "MAX_LOADED_MODELS": "1",
+           "LITERT_INTERPRETERS": "1", "MODEL_CACHE_DIR": str(tmp_path / "cache")}
+    image = encode(shape_image("circle", seed=5))
+    with SignallingServer(calls, env=env, log_dir=tmp_path) as server:
+        server.start()
+        with server.client() as a, server.client() as b, server.client() as c:
+            assert "labels" in a.call("frame", {"model": "tiny", "image": image})  # tiny loaded
+            server.hold("tiny")
+            try:
+                before = len(server.started_calls("tiny"))
+                a.emit("frame", {"model": "tiny", "image": image, "id": "running"})
+                server.wait_for_calls("tiny", before + 1)
+                b.emit("frame", {"model": "tiny", "image": image, "id": "waiting"})
+                wait_until(lambda: requests.get(server.url + "/metrics", timeout=10).text.count(
+                    'webapp_queue_depth{model="tiny"} 1.0'), 60, lambda: server.log()[-2000:])
+                # Another model loads meanwhile: over the bound, but tiny has a frame waiting.
+                assert "labels" in c.call("frame", {"model": "logits", "image": image}, timeout=120)
+                listed = models_by_name(server)
+                assert listed["tiny"]["loaded"] and listed["logits"]["loaded"], listed
+                assert "unloaded model tiny" not in server.log()
+            finally:
+                server.release("tiny")
+            assert a.next("label", timeout=60)["id"] == "running"
+            assert b.next("label", timeout=60)["id"] == "waiting"
+            # Without frames waiting, the bound applies again on the next load: tiny goes.
+            assert "labels" in c.call("frame", {"model": "binary", "image": image}, timeout=120)
+            wait_until(lambda: "unloaded model tiny" in server.log(), 30, lambda: server.log()[-2000:])

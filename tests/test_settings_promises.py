@@ -75,3 +75,12 @@ def test_the_dashboard_keeps_the_20_most_recent_errors(server):
     assert {e["code"] for e in errors} == {"bad_image"}, errors  # the five older ones were dropped
     times = [e["at"] for e in errors]
     assert times == sorted(times, reverse=True)  # newest first, each with its time
+
+
+def test_socketio_pings_every_25_seconds_to_keep_idle_websockets_open(server):
+    """Heroku closes a websocket idle for 55 s: the Engine.IO handshake tells every
+    client to expect a ping every 25 s, which keeps it open."""
+    opened = requests.get(server.url + "/socket.io/?EIO=4&transport=polling", timeout=10).text
+    handshake = __import__("json").loads(opened[opened.index("{"):])
+    assert handshake["pingInterval"] == 25000, handshake
+    assert handshake["pingInterval"] + handshake["pingTimeout"] < 55000, handshake

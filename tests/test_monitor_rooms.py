@@ -1,0 +1,47 @@
+"""The monitor room, one process: `monitor` joins every prediction, `{"model": NAME}` one model's.
+
+(Across processes through Redis: tests/test_scale_out.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from images import encode, shape_image
+from serverproc import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(model_store, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("monitor-rooms")
+    with ServerProcess(log_dir=workdir, env={"MODEL_STORE": str(model_store), "DEFAULT_MODEL": "shapes",
+                                             "MODEL_CACHE_DIR": str(workdir / "cache")}) as proc:
+        proc.start()
+        proc.wait_ready()
+        yield proc
+
+
+def predictions(client, count, timeout=30.0):
+    return [client.next("prediction", timeout=timeout) for _ in range(count)]
+
+
+def test_a_monitor_sees_every_prediction_or_only_its_models(server):
+    image = encode(shape_image("square", seed=12))
+    with server.client() as everything, server.client() as only_tiny, server.client() as user:
+        assert everything.call("monitor")["room"] == "monitor"
+        assert only_tiny.call("monitor", {"model": "tiny"})["room"] == "monitor:tiny"
+        sent = ["shapes", "tiny", "shapes", "tiny", "tiny"]
+        answers = [user.call("frame", {"model": model, "image": image, "id": i}) for i, model in enumerate(sent)]
+        assert all("labels" in a for a in answers), answers
+        seen_all = predictions(everything, 5)
+        # Copies reach a client in order: had the shapes ones been sent to the tiny-only
+        # monitor, they would come before the last tiny one.
+        seen_tiny = predictions(only_tiny, 3)
+        # Each copy says what was answered: model, version, runtime, labels, timing, process.
+        assert [p["model"] for p in seen_all] == sent
+        assert [p["model"] for p in seen_tiny] == ["tiny", "tiny", "tiny"]
+        assert [p["labels"] for p in seen_tiny] == [a["labels"] for a in answers if a["model"] == "tiny"]
+        for copy, answer in zip(seen_all, answers):
+            assert {"model", "version", "runtime", "labels", "timing", "process"} <= set(copy), copy
+            assert copy["labels"] == answer["labels"] and copy["version"] == answer["version"]
+        assert user.drain("prediction") == []  # not a monitor: no copies

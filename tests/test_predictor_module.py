@@ -250,11 +250,10 @@ STREAM = """
     video.srcObject = canvas.captureStream(30);
     await video.play();
     const log = [];
-    const emit = predictor.socket.emit.bind(predictor.socket);
-    predictor.socket.emit = (event, ...rest) => {
-      if (event === "frame") log.push({ sent: performance.now() });
-      return emit(event, ...rest);
-    };
+    // When each frame is taken from the video: what the stream schedules (the
+    // JPEG encoding after it takes a varying time, so emits are less regular).
+    const encode = predictor._encode.bind(predictor);
+    predictor._encode = (source) => { log.push({ sent: performance.now() }); return encode(source); };
     predictor.on("error", (err) => log.push({ code: err.code, at: performance.now() }));
     return await new Promise((resolve) => {
       const stop = predictor.stream(video, (label) => log.push({ code: "label", at: performance.now() }), { fps: 60 });

@@ -70,6 +70,22 @@ def server(request, model_store, tmp_path_factory):
         yield proc
 
 
+@pytest.fixture(scope="session")
+def cnn_with_conversion(tmp_path_factory) -> Path:
+    """A ~1 MB convolutional model and its LiteRT conversion beside it, as
+    `publish` uploads them (for tests that swap, cache or download versions)."""
+    import subprocess
+    import sys
+
+    import modelfactory as mf
+
+    folder = tmp_path_factory.mktemp("cnn-model")
+    mf.slow_cnn(size=32, depth=4, filters=96).save(folder / "model.keras")
+    subprocess.run([sys.executable, "-m", "webapp.models.runtime.convert", str(folder / "model.keras"),
+                    str(folder / "model.tflite")], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    return folder
+
+
 @pytest.fixture
 def s3():
     """moto's S3 server of the test's own, counting the requests it receives."""

@@ -36,14 +36,16 @@ os.environ = watched
 
 import eventlet.websocket, socketio, engineio.socket, simple_websocket
 from PIL import Image
-before = {
-    "apply_mask": eventlet.websocket.RFC6455WebSocket.__dict__["_apply_mask"],
-    "Message": eventlet.websocket.RFC6455WebSocket.Message,
-    "dispatch": socketio.Server._handle_event_internal,
-    "connect": socketio.Server._handle_connect,
-    "ping": engineio.socket.Socket._send_ping,
-    "pixels": Image.MAX_IMAGE_PIXELS,
-}
+def library_state():
+    return {
+        "apply_mask": eventlet.websocket.RFC6455WebSocket.__dict__["_apply_mask"],
+        "Message": eventlet.websocket.RFC6455WebSocket.Message,
+        "dispatch": socketio.Server._handle_event_internal,
+        "connect": socketio.Server._handle_connect,
+        "ping": engineio.socket.Socket._send_ping,
+        "pixels": Image.MAX_IMAGE_PIXELS,
+    }
+before = library_state()
 del read[:]  # what the libraries themselves read on import is theirs
 
 import webapp
@@ -52,14 +54,7 @@ skip = ("webapp.__main__", "webapp.demo.train", "webapp.bench.profile")
 for info in pkgutil.walk_packages(webapp.__path__, "webapp."):
     if info.name not in skip and not info.name.startswith("webapp.models.runtime.convert"):
         importlib.import_module(info.name)
-after = {
-    "apply_mask": eventlet.websocket.RFC6455WebSocket.__dict__["_apply_mask"],
-    "Message": eventlet.websocket.RFC6455WebSocket.Message,
-    "dispatch": socketio.Server._handle_event_internal,
-    "connect": socketio.Server._handle_connect,
-    "ping": engineio.socket.Socket._send_ping,
-    "pixels": Image.MAX_IMAGE_PIXELS,
-}
+after = library_state()
 from webapp.config import Settings
 ours = set(Settings.model_fields)  # libraries read their own variables (HOME, LANG, ...) on import: not ours to judge
 print("package read:", after_package)

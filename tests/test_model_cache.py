@@ -10,17 +10,14 @@ while one is in progress.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-import modelfactory as mf
 from images import encode, noise_image
 from s3server import CountingS3Server
-from serverproc import ROOT, ServerProcess
+from serverproc import ServerProcess
 
 PREFIX = "projects"
 
@@ -54,13 +51,8 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    """A ~1 MB model and its LiteRT conversion (as `publish` uploads them)."""
-    folder = tmp_path_factory.mktemp("cache-model")
-    mf.slow_cnn(size=32, depth=4, filters=96).save(folder / "model.keras")
-    subprocess.run([sys.executable, "-m", "webapp.models.runtime.convert", str(folder / "model.keras"),
-                    str(folder / "model.tflite")], cwd=ROOT, check=True, capture_output=True, timeout=300)
-    return folder
+def model_folder(cnn_with_conversion) -> Path:
+    return cnn_with_conversion
 
 
 def upload(s3, bucket, name, folder: Path) -> str:

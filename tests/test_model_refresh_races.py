@@ -97,14 +97,21 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_a_version_check_finishing_after_an_unload_does_not_bring_the_model_back(registry_on, caplog):
+def check_a_new_version_of_alpha(registry_on, caplog):
+    """alpha serving, a new version of it in the store, and a version check
+    downloading it, held at the store's gate: (the new version, the gate)."""
     root, store, registry = registry_on
     caplog.set_level(logging.INFO, logger="webapp.models.registry")
     registry.acquire("alpha")
     write_labels(root, "alpha", "d\ne\nf\n")
     store.gated.add("alpha")
     registry.revalidate("alpha")
-    new_version, gate = store.arrivals.get(timeout=30)  # the check is downloading the new version
+    return store.arrivals.get(timeout=30)
+
+
+def test_a_version_check_finishing_after_an_unload_does_not_bring_the_model_back(registry_on, caplog):
+    root, store, registry = registry_on
+    new_version, gate = check_a_new_version_of_alpha(registry_on, caplog)
     registry.acquire("beta")  # one model at a time: alpha is unloaded
     assert registry.loaded("alpha") is None
     gate.set()
@@ -121,12 +128,7 @@ def test_a_version_check_finishing_after_an_unload_does_not_bring_the_model_back
 
 def test_a_version_check_does_not_clear_the_key_of_a_load_running_meanwhile(registry_on, caplog):
     root, store, registry = registry_on
-    caplog.set_level(logging.INFO, logger="webapp.models.registry")
-    registry.acquire("alpha")
-    write_labels(root, "alpha", "d\ne\nf\n")
-    store.gated.add("alpha")
-    registry.revalidate("alpha")
-    new_version, check_gate = store.arrivals.get(timeout=30)
+    new_version, check_gate = check_a_new_version_of_alpha(registry_on, caplog)
     registry.acquire("beta")  # alpha unloaded while its version check downloads
     loaded = {}
     loader = threading.Thread(target=lambda: loaded.setdefault("alpha", registry.acquire("alpha")), daemon=True)

@@ -10,17 +10,14 @@ label names it gets back. Threads and RSS are read from /proc, as an operator wo
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-import modelfactory as mf
 from images import encode, noise_image
-from serverproc import ROOT, ServerProcess
+from serverproc import ServerProcess
 
 SWAPS = 100  # measured, after a few to warm up
 WARM_UP_SWAPS = 5
@@ -31,13 +28,8 @@ RSS_SLACK_MB = 30
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    """A ~1.3 MB model with its LiteRT conversion beside it."""
-    folder = tmp_path_factory.mktemp("swap-model")
-    mf.slow_cnn(size=32, depth=4, filters=96).save(folder / "model.keras")
-    subprocess.run([sys.executable, "-m", "webapp.models.runtime.convert", str(folder / "model.keras"),
-                    str(folder / "model.tflite")], cwd=ROOT, check=True, capture_output=True, timeout=300)
-    return folder
+def model_folder(cnn_with_conversion) -> Path:
+    return cnn_with_conversion
 
 
 def publish_labels(folder: Path, version: int) -> None:

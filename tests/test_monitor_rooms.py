@@ -5,22 +5,11 @@
 
 from __future__ import annotations
 
-import pytest
 
 from images import encode, shape_image
-from serverproc import ServerProcess
 
 
-@pytest.fixture(scope="module")
-def server(model_store, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("monitor-rooms")
-    with ServerProcess(log_dir=workdir, env={"MODEL_STORE": str(model_store), "DEFAULT_MODEL": "shapes",
-                                             "MODEL_CACHE_DIR": str(workdir / "cache")}) as proc:
-        proc.start()
-        proc.wait_ready()
-        yield proc
-
-
+# `server`: the session's server in each async mode (tests/conftest.py).
 def predictions(client, count, timeout=30.0):
     return [client.next("prediction", timeout=timeout) for _ in range(count)]
 

@@ -19,24 +19,14 @@ import sys
 import termios
 import threading
 
-import pytest
 
 from images import encode, shape_image
-from serverproc import ROOT, ServerProcess
+from serverproc import ROOT
 
 FRAMES = 6
 
 
-@pytest.fixture(scope="module")
-def server(model_store, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("stream-progress")
-    with ServerProcess(log_dir=workdir, env={"MODEL_STORE": str(model_store), "DEFAULT_MODEL": "shapes",
-                                             "MODEL_CACHE_DIR": str(workdir / "cache")}) as proc:
-        proc.start()
-        proc.wait_ready()
-        yield proc
-
-
+# `server`: the session's server in each async mode (tests/conftest.py).
 def read_all(fd: int, into: list[bytes]) -> None:
     while True:
         try:

@@ -66,10 +66,12 @@ lock:
 	{ echo "# Pinned lock of requirements/test.in on top of base.txt. Regenerate with 'make lock'."; \
 	  echo "-r base.txt"; /tmp/webapp-lock/bin/pip freeze | grep -vxFf requirements/base.txt; } > requirements/test.txt
 
-# Retrain the bundled demo model (about 5 minutes on 2 cores).
+# Retrain the bundled demo model (about 5 minutes on 2 cores), convert it, and
+# give it an int8 file if its top-1 agreement with float holds (webapp/demo/int8.py).
 train-demo: $(VENV)/.base-installed
 	$(BIN)/python -m webapp.demo.train --out models/shapes
 	$(BIN)/python -m webapp.models.runtime.convert models/shapes/model.keras models/shapes/model.tflite --preprocess raw
+	$(BIN)/python -m webapp.demo.int8 --out models/shapes
 
 clean:
 	rm -rf $(VENV)

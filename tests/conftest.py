@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -37,7 +38,12 @@ def model_store(tmp_path_factory) -> Path:
     import modelfactory as mf
 
     root = tmp_path_factory.mktemp("store")
-    shutil.copytree(DEMO_MODEL, root / "shapes")
+    shutil.copytree(DEMO_MODEL, root / "shapes")  # as shipped: served from its int8 file
+    # The demo's float files alone, for promises about float serving (parity with Keras).
+    shutil.copytree(DEMO_MODEL, root / "shapes-float", ignore=shutil.ignore_patterns("model.int8.tflite"))
+    meta = json.loads((root / "shapes-float" / "model.json").read_text())
+    meta.pop("int8", None)
+    (root / "shapes-float" / "model.json").write_text(json.dumps(meta))
     mf.save_directory_model(root, "tiny", mf.tiny_cnn(), labels=["red", "green", "blue"])
     # Used by one test only, so its first load is observed from the start.
     mf.save_directory_model(root, "status-probe", mf.tiny_cnn(), labels=["red", "green", "blue"])

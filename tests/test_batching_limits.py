@@ -113,7 +113,7 @@ def two_interpreters(model_store, tmp_path_factory):
 def test_each_interpreter_runs_its_own_call_and_waiting_frames_are_split_between_them(two_interpreters):
     server = two_interpreters
     details = requests.get(server.url + "/api/models/shapes", timeout=30).json()
-    assert details["runtime"] == "litert" and details["interpreters"] == 2, details
+    assert details["runtime"].startswith("litert") and details["interpreters"] == 2, details
     image = encode(shape_image("triangle", seed=6))
     clients = [server.client() for _ in range(6)]
     try:

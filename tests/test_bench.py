@@ -57,3 +57,16 @@ def test_soak_reports_memory_errors_and_unanswered_frames(tmp_path):
     assert report["offered_fps"] == pytest.approx(0.8 * report["capacity_fps"], abs=0.1)
     assert len(report["rss_mb"]["samples"]) >= 2 and report["rss_mb"]["max"] > 0
     assert "RSS over time" in done.stdout
+
+
+def test_compiled_model_comparison_runs_both_apis_on_the_same_model():
+    """`python -m webapp.bench.compiled` (CompiledModel vs Interpreter): both answer, with the same outputs."""
+    done = subprocess.run([sys.executable, "-m", "webapp.bench.compiled", str(ROOT / "models" / "shapes" / "model.tflite"),
+                           "--batches", "1", "--rounds", "1", "--seconds", "0.2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    for api in ("interpreter", "compiled"):
+        assert row[api]["ms_per_frame"] > 0 and row[api]["cpu_ms_per_frame"] > 0, row
+    assert row["compiled"]["checksum"] == pytest.approx(row["interpreter"]["checksum"], abs=1e-3)
+    assert row["compiled_vs_interpreter"] > 0

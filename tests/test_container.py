@@ -136,7 +136,7 @@ def test_demo_model_labels_frames(served):
             result = client.call("frame", {"model": "shapes", "image": encode(shape_image(shape))})
             assert result["labels"][0]["label"] == shape, result
             # Both targets serve the demo from its model.tflite (slim has nothing else).
-            assert result["runtime"] == "litert", result
+            assert result["runtime"] == "litert-int8", result  # the demo ships its int8 file
 
 
 def test_server_is_pid_1_and_not_root(served):

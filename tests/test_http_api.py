@@ -50,7 +50,7 @@ def test_model_list_and_details(server):
     assert details["labels"] == DEMO_LABELS
     assert details["input"] == {"height": 64, "width": 64, "channels": 3}
     assert details["preprocess"] == "raw"
-    assert details["runtime"] in ("tensorflow", "litert")
+    assert details["runtime"] in ("tensorflow", "litert", "litert-int8")
     assert details["version"] == by_name["shapes"]["version"]
 
 

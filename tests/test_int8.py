@@ -145,3 +145,27 @@ def test_int8_travels_through_s3(tmp_path, calibration):
         assert details["int8"]["agreement"] >= 0.98
     finally:
         s3.stop()
+
+
+def test_the_bundled_demo_model_serves_its_int8_file(tmp_path):
+    """A fresh checkout answers the demo from model.int8.tflite; SERVE_INT8=false serves the float file.
+
+    The demo ships its int8 file only because its agreement held when it was
+    made (webapp/demo/int8.py, through `publish --quantize int8`)."""
+    meta = json.loads((SHAPES / "model.json").read_text())
+    assert meta["int8"]["agreement"] >= 0.98 and meta["int8"]["held_out"] >= 100, meta
+    images = [encode(shape_image(label, seed=900 + i)) for i, label in enumerate(LABELS)]
+    for serve_int8, runtime in (("true", "litert-int8"), ("false", "litert")):
+        server = ServerProcess("eventlet", env={"MODEL_STORE": str(ROOT / "models"), "DEFAULT_MODEL": "shapes",
+                                                "MODEL_CACHE_DIR": str(tmp_path / f"cache-{serve_int8}"),
+                                                "SERVE_INT8": serve_int8}, log_dir=tmp_path).start()
+        try:
+            client = server.client()
+            try:
+                answers = [client.call("frame", {"model": "shapes", "image": image, "top_k": 1}) for image in images]
+            finally:
+                client.close()
+        finally:
+            server.stop()
+        assert [a["runtime"] for a in answers] == [runtime] * len(LABELS), answers
+        assert [a["labels"][0]["label"] for a in answers] == list(LABELS), answers

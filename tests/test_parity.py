@@ -51,7 +51,7 @@ def documented_scores(raw: np.ndarray, output: str) -> np.ndarray:
     return raw
 
 
-@pytest.mark.parametrize("model_name", ["shapes", "logits", "binary", "grey"])
+@pytest.mark.parametrize("model_name", ["shapes-float", "logits", "binary", "grey"])
 def test_server_scores_match_keras(server, model_store, model_name):
     import keras
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from webapp.server.async_mode import ThreadingConcurrency
-from webapp.errors import ModelUnavailable
-from webapp.frames.batching import ModelBatcher
+from webapp.errors import BadImage, ModelUnavailable, Superseded
+from webapp.frames.batching import DeferredInput, ModelBatcher
 
 pytestmark = pytest.mark.quick  # in `make test-fast`
 
@@ -98,3 +98,63 @@ def test_a_batcher_closed_before_any_frame_releases_at_once():
     released = threading.Event()
     ModelBatcher("m", lambda b: b, ThreadingConcurrency(), max_batch=2, on_retired=released.set).close()
     assert released.is_set()
+
+
+def _held_batcher(predict_rows):
+    """A one-worker batcher whose first call waits on `gate`, so later frames queue together."""
+    started, gate, batch_sizes = threading.Event(), threading.Event(), []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        batch_sizes.append(len(batch))
+        if (batch == 99).any():
+            started.set()
+            gate.wait(10)
+        return predict_rows(batch)
+
+    batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=8, workers=1)
+    first = batcher.submit("warm", np.full((1, 1, 1), 99, np.float32))
+    assert started.wait(10)
+    return batcher, first, gate, batch_sizes
+
+
+def test_frames_decoded_with_their_batch_fail_alone_when_their_image_does():
+    """Deferred inputs are made on the model's thread; a bad image is answered bad_image, the rest labels."""
+    batcher, first, gate, batch_sizes = _held_batcher(lambda batch: batch.reshape(len(batch), -1) * 2.0)
+
+    def decode(value):
+        if value < 0:
+            raise BadImage("The image is truncated or corrupt.")
+        return np.full((1, 1, 1), value, np.float32)
+
+    tickets = {key: batcher.submit(key, DeferredInput(decode, value))
+               for key, value in (("a", 1), ("corrupt", -1), ("b", 2))}
+    tickets["c"] = batcher.submit("c", np.full((1, 1, 1), 3, np.float32))  # decoded before, as large images are
+    gate.set()
+    first.wait(10)
+    with pytest.raises(BadImage):
+        tickets["corrupt"].wait(10)
+    results = {key: tickets[key].wait(10) for key in ("a", "b", "c")}
+    assert {key: r.output.tolist() for key, r in results.items()} == {"a": [2.0], "b": [4.0], "c": [6.0]}
+    assert batch_sizes == [1, 3]  # one call for the three good frames, none for the corrupt one alone
+    assert all(r.batch_size == 3 for r in results.values())
+    assert results["a"].decode_ms > 0 and results["c"].decode_ms == 0  # decoded in the hop, or before it
+    batcher.close()
+
+
+def test_a_superseded_frame_is_never_decoded():
+    batcher, first, gate, _ = _held_batcher(lambda batch: batch.reshape(len(batch), -1))
+    decoded = []
+
+    def decode(value):
+        decoded.append(value)
+        return np.full((1, 1, 1), value, np.float32)
+
+    older = batcher.submit("client", DeferredInput(decode, 1))
+    newer = batcher.submit("client", DeferredInput(decode, 2))
+    with pytest.raises(Superseded):
+        older.wait(10)
+    gate.set()
+    first.wait(10)
+    assert newer.wait(10).output.tolist() == [2.0]
+    assert decoded == [2]  # the superseded frame cost no decoding
+    batcher.close()

@@ -36,7 +36,7 @@ def test_binary_frame_gets_label_event(server):
         result = client.next("label")
     assert_label(result, frame_id="f1")
     assert {item["label"] for item in result["labels"]} <= set(DEMO_LABELS)
-    assert result["runtime"] in ("tensorflow", "litert")
+    assert result["runtime"] in ("tensorflow", "litert", "litert-int8")
 
 
 def test_ack_carries_the_label_instead_of_an_event(server):
@@ -83,7 +83,8 @@ def test_top_k_limits_and_orders_labels(server):
     assert sorted(item["label"] for item in everything["labels"]) == sorted(DEMO_LABELS)
     assert len(default["labels"]) == 4  # default top_k is 5; the model has 4 labels
     assert two["labels"] == everything["labels"][:2]
-    assert abs(sum(item["score"] for item in everything["labels"]) - 1.0) < 1e-3
+    # The demo serves its int8 file: probabilities come in steps of 1/256.
+    assert abs(sum(item["score"] for item in everything["labels"]) - 1.0) < 1e-2
 
 
 def test_models_event_lists_the_same_as_http(server):

@@ -93,6 +93,8 @@ def run(args) -> int:
                 batch1[model] = round(min(raw.batch1_latency_ms(tflite, t) for t in (1, 2)), 2)
             report["model_cpu"][model] = cpu.model_cpu(tflite, seconds=1.0 if quick else 3.0)
             _say(f"model CPU {model}: {report['model_cpu'][model]}")
+        if getattr(args, "int8", False) and not quick:
+            report["compiled"] = _compiled(store, models)
         for mode in modes:
             report["cpu"].extend(_cpu_phase(store, work, mode, models, frames["224x224"], duration, report, batch1,
                                             compare, 1 if quick else args.rounds))
@@ -100,6 +102,10 @@ def run(args) -> int:
                 report["memory"] = _memory(store, work, mode, frames["224x224"])
                 if "mobilenetv2-int8" in models:
                     report["memory_int8"] = _memory(store, work, mode, frames["224x224"], "mobilenetv2-int8")
+                    # One malloc arena per native thread is where ~12 MB of it went
+                    # (measured); the process-level lever, shown beside the default.
+                    report["memory_int8_arenas"] = _memory(store, work, mode, frames["224x224"], "mobilenetv2-int8",
+                                                           env={"MALLOC_ARENA_MAX": "2"})
             if cpu_only:
                 continue
             env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / f"cache-{mode}"),
@@ -188,11 +194,33 @@ def _overload(url, proc, mode, model, image, report, duration) -> dict:
     return row
 
 
-def _memory(store, work, mode, image, base: str = "mobilenetv2") -> dict:
+def _compiled(store: Path, models: list[str]) -> list[dict]:
+    """LiteRT's CompiledModel against the Interpreter for every served file, batch 1 and 8, 1 thread."""
+    from . import compiled
+
+    rows = []
+    for model in models:
+        folder = store / model
+        files = [folder / "model.tflite"] + ([folder / "model.int8.tflite"] if model == "shapes" else [])
+        if model.endswith("-int8"):
+            files = [folder / "model.int8.tflite"]
+        for tflite in files:
+            if not tflite.is_file():
+                continue
+            for batch in (1, 8):
+                row = compiled.compare(tflite, batch, threads=1, seconds=2.0, rounds=3)
+                rows.append(row)
+                _say(f"compiled {row['model']} batch {batch}: {row.get('compiled_vs_interpreter')} x the Interpreter")
+    return rows
+
+
+def _memory(store, work, mode, image, base: str = "mobilenetv2", env: dict | None = None) -> dict:
     """A fresh server with three MobileNetV2-size models loaded and used (`base` and its copies)."""
-    env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / f"cache-memory-{base}"), "DEFAULT_MODEL": "",
-           "LOG_LEVEL": "WARNING"}
-    proc, url = process.start_server(mode, env, work / f"memory-{base}.log")
+    extra = env or {}
+    label = base + "".join(f"-{key}" for key in extra)
+    env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / f"cache-memory-{label}"), "DEFAULT_MODEL": "",
+           "LOG_LEVEL": "WARNING", **extra}
+    proc, url = process.start_server(mode, env, work / f"memory-{label}.log")
     try:
         idle = process.tree_rss_mb(proc.pid)
         for name in (base, f"{base}-2", f"{base}-3"):
@@ -200,8 +228,9 @@ def _memory(store, work, mode, image, base: str = "mobilenetv2") -> dict:
         rss = process.tree_rss_mb(proc.pid)
     finally:
         process.stop(proc)
-    _say(f"RSS with three {base} on LiteRT: {rss:.0f} MB (idle {idle:.0f} MB)")
-    return {"models_loaded": 3, "model": base, "rss_mb": round(rss, 1), "idle_rss_mb": round(idle, 1), "mode": mode}
+    _say(f"RSS with three {base} on LiteRT {extra or ''}: {rss:.0f} MB (idle {idle:.0f} MB)")
+    return {"models_loaded": 3, "model": base, "rss_mb": round(rss, 1), "idle_rss_mb": round(idle, 1), "mode": mode,
+            **({"env": extra} if extra else {})}
 
 
 def _naive(store, mode, model, image, client_counts, duration, work) -> list[dict]:
@@ -311,6 +340,15 @@ def format_table(report: dict) -> str:
         lines.append(f"RSS with three MobileNetV2 models loaded (LiteRT): {report['memory']['rss_mb']} MB")
     if report.get("memory_int8"):
         lines.append(f"RSS with three MobileNetV2 int8 models loaded (LiteRT): {report['memory_int8']['rss_mb']} MB")
+    if report.get("memory_int8_arenas"):
+        lines.append(f"  the same with MALLOC_ARENA_MAX=2: {report['memory_int8_arenas']['rss_mb']} MB")
+    if report.get("compiled"):
+        lines += ["", "| LiteRT file | batch | Interpreter ms/frame | CompiledModel ms/frame | Interpreter CPU ms/frame "
+                  "| CompiledModel CPU ms/frame | CompiledModel / Interpreter |", "|---|---|---|---|---|---|---|"]
+        for r in report["compiled"]:
+            i, c = r["interpreter"], r["compiled"]
+            lines.append(f"| {r['model']} | {r['batch']} | {i.get('ms_per_frame')} | {c.get('ms_per_frame')} | "
+                         f"{i.get('cpu_ms_per_frame')} | {c.get('cpu_ms_per_frame')} | {r.get('compiled_vs_interpreter')} |")
     if report.get("cold_start"):
         lines.append(f"cold start from S3: {report['cold_start']}")
     return "\n".join(lines)

@@ -11,6 +11,14 @@ Each client holds at most one waiting frame per model. A newer frame from the
 same client replaces the waiting one, which is answered `superseded`: under
 overload, latency stays bounded and memory flat, instead of queues growing.
 (HTTP requests use a unique key each, so they are never superseded.)
+
+A frame may be submitted as a `DeferredInput` instead of a tensor: its pixels
+are then decoded on the model's native thread, in the same hop as the batch's
+model call. Under eventlet each hop between the event loop and a native
+thread costs a queue hand-off and a fight for the GIL; one hop per batch
+instead of one per frame plus one per batch is what the bench measured as the
+larger part of the server's own cost per frame (see README, Speed). A frame
+whose decoding fails is answered alone; a superseded frame is never decoded.
 """
 
 from __future__ import annotations
@@ -46,6 +54,29 @@ class FrameResult:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    #: Decoding done in the batch's hop (a `DeferredInput`), else 0.
+    decode_ms: float = 0.0
+
+
+class DeferredInput:
+    """A frame whose model input is made on the model's native thread.
+
+    `make()` runs there, with the batch; it returns the tensor or raises a
+    `ServingError` that answers this frame alone.
+    """
+
+    __slots__ = ("_make", "_args", "decode_ms")
+
+    def __init__(self, make: Callable, *args):
+        self._make, self._args = make, args
+        self.decode_ms = 0.0
+
+    def make(self) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self._make(*self._args)
+        finally:
+            self.decode_ms = (time.perf_counter() - started) * 1000.0
 
 
 class PendingFrame:
@@ -112,7 +143,7 @@ class ModelBatcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    def submit(self, client_key, tensor: np.ndarray) -> PendingFrame:
+    def submit(self, client_key, tensor: "np.ndarray | DeferredInput") -> PendingFrame:
         ticket = PendingFrame(tensor, self._concurrency.event())
         with self._lock:
             self._last_seen[client_key] = ticket.enqueued
@@ -224,21 +255,26 @@ class ModelBatcher:
                     exc_info=not self._failure_logged)
         self._failure_logged = True
 
-    def _call(self, batch: list[PendingFrame]) -> np.ndarray:
-        """One model call, its output checked against the batch it answers."""
+    def _call(self, batch: list[PendingFrame]) -> tuple[np.ndarray | None, dict]:
+        """One model call, its output checked against the frames it answers.
+
+        Returns the outputs of the frames whose input could be made, in
+        order, and {index in batch: ServingError} for those whose could not.
+        """
         # Stacked on the native thread: numpy releases the GIL to copy, and
         # on the event loop that hands the GIL to a busy decoder and waits.
-        outputs = self._concurrency.run_blocking(_stack_and_run, self._predict,
-                                                 [ticket.tensor for ticket in batch])
-        if getattr(outputs, "ndim", 0) < 1 or len(outputs) != len(batch):
+        outputs, refused = self._concurrency.run_blocking(_stack_and_run, self._predict,
+                                                          [ticket.tensor for ticket in batch])
+        expected = len(batch) - len(refused)
+        if expected and (getattr(outputs, "ndim", 0) < 1 or len(outputs) != expected):
             rows = len(outputs) if getattr(outputs, "ndim", 0) >= 1 else 0
-            raise RuntimeContractError(f"the runtime returned {rows} rows for {len(batch)} frames")
-        return outputs
+            raise RuntimeContractError(f"the runtime returned {rows} rows for {expected} frames")
+        return outputs, refused
 
     def _run_batch(self, batch: list[PendingFrame]) -> None:
         started = time.perf_counter()
         try:
-            outputs = self._call(batch)
+            outputs, refused = self._call(batch)
         except Exception as exc:  # a model that raises must not kill the worker
             if len(batch) > 1:
                 # One client's frame must not fail the others batched with it:
@@ -257,18 +293,40 @@ class ModelBatcher:
         else:
             self.mean_call_seconds = 0.8 * self.mean_call_seconds + 0.2 * elapsed
             self.mean_frame_seconds = 0.8 * self.mean_frame_seconds + 0.2 * per_frame
-        inference_ms = elapsed * 1000.0
+        decode_ms = [_decode_ms(ticket.tensor) for ticket in batch]
+        inference_ms = max(0.0, elapsed * 1000.0 - sum(decode_ms))
+        answered = len(batch) - len(refused)
+        row = 0
         for i, ticket in enumerate(batch):
+            if i in refused:
+                ticket.fail(refused[i])
+                continue
             ticket.resolve(FrameResult(
-                output=outputs[i],
+                output=outputs[row],
                 queue_ms=(started - ticket.enqueued) * 1000.0,
                 inference_ms=inference_ms,
-                batch_size=len(batch),
+                batch_size=answered,
+                decode_ms=decode_ms[i],
             ))
+            row += 1
 
 
-def _stack_and_run(predict: Callable[[np.ndarray], np.ndarray], tensors: list[np.ndarray]) -> np.ndarray:
-    return predict(np.stack(tensors))
+def _decode_ms(item) -> float:
+    return item.decode_ms if isinstance(item, DeferredInput) else 0.0
+
+
+def _stack_and_run(predict: Callable[[np.ndarray], np.ndarray], items: list) -> tuple[np.ndarray | None, dict]:
+    """On the native thread: make the deferred inputs, then one model call for the frames that have one."""
+    tensors, refused = [], {}
+    for i, item in enumerate(items):
+        if isinstance(item, DeferredInput):
+            try:
+                tensors.append(item.make())
+            except ServingError as exc:  # this frame's image: answered alone
+                refused[i] = exc
+        else:
+            tensors.append(item)
+    return (predict(np.stack(tensors)) if tensors else None), refused
 
 
 def batcher_factory(concurrency, max_batch: int):

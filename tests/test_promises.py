@@ -12,8 +12,8 @@ import pytest
 pytestmark = pytest.mark.quick
 
 TESTS = Path(__file__).resolve().parent
-#: `tests/test_x.py::test_name`, `tests/test_x.py::TestClass::test_name`, optionally `[param-id]`.
-REFERENCE = re.compile(r"tests/(test_\w+\.py)((?:::\w+)+)(?:\[[^\]]*\])?")
+#: `tests/test_x.py::test_name`, `tests/web/test_x.py::TestClass::test_name`, optionally `[param-id]`.
+REFERENCE = re.compile(r"tests/((?:\w+/)*test_\w+\.py)((?:::\w+)+)(?:\[[^\]]*\])?")
 GAPS_HEADING = "## Promises without a test yet"
 
 

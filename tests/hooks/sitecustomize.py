@@ -1,7 +1,7 @@
 """Test-only: lets a test see the moment a model call starts in a server it runs.
 
 Python imports `sitecustomize` at start-up when this directory is on
-PYTHONPATH, which only the servers of `tests/test_concurrency.py` have. With
+PYTHONPATH, which only the servers of `tests/frames/test_concurrency.py` have. With
 `WEBAPP_TEST_CALL_SIGNALS=DIR`, every model call a batcher makes first creates
 `DIR/<model>-<n>-batch<size>` (n counts calls per process), then runs the
 model as usual. Tests wait for that file, with a deadline, instead of sleeping

@@ -11,7 +11,7 @@ frame one byte at a time in a Python generator: about 20 ms of CPU for a
 100 KB JPEG frame, on the event loop, for every frame. That alone capped a
 640x480 stream at ~50 frames/s per process. `apply_mask` does the same XOR
 on whole integers (the technique wsproto uses), about 100x faster, with the
-same results (tests/test_eventlet_patches.py compares them).
+same results (tests/server/test_websocket_internals.py compares them).
 
 Websocket message size: eventlet checks `max_frame_length` (Engine.IO passes
 its `max_http_buffer_size`) against each frame's header only, and its

@@ -1,6 +1,6 @@
 """The monitor room, one process: `monitor` joins every prediction, `{"model": NAME}` one model's.
 
-(Across processes through Redis: tests/test_scale_out.py.)
+(Across processes through Redis: tests/server/test_scale_out.py.)
 """
 
 from __future__ import annotations

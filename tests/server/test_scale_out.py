@@ -143,7 +143,7 @@ def test_metrics_and_dashboard(server):
     assert any(e["code"] == "bad_image" for e in status["recent_errors"])
     page = requests.get(server.url + "/dashboard", timeout=10)
     assert page.status_code == 200 and '<script type="module" src="/static/dashboard.js">' in page.text
-    # The page is built on the monitor room (its live feed is checked in a browser by test_pages.py).
+    # The page is built on the monitor room (its live feed is checked in a browser by web/test_pages.py).
     script = requests.get(server.url + "/static/dashboard.js", timeout=10)
     assert script.status_code == 200 and 'emit("monitor"' in script.text
 

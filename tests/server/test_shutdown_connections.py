@@ -3,7 +3,7 @@ once), the frame in flight is still answered, then the process exits 0.
 
 The frame is kept in flight for certain by holding its model call
 (callsignals.py), not by guessing how long a model takes.
-(Frames in flight and new frames after SIGTERM: tests/test_scale_out.py.)
+(Frames in flight and new frames after SIGTERM: tests/server/test_scale_out.py.)
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 from images import encode, shape_image
+from serverproc import ROOT
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
+EXAMPLE = ROOT / "examples" / "node"
 
 
 def test_node_socketio_client_gets_labels(server, tmp_path):

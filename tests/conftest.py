@@ -93,11 +93,14 @@ def cnn_with_conversion(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def s3():
-    """moto's S3 server of the test's own, counting the requests it receives."""
+def s3(request):
+    """moto's S3 server of the test's own, counting the requests it receives.
+
+    A test module that needs a misbehaving store names its subclass of
+    `CountingS3Server` in a module-level `S3_SERVER`."""
     from s3server import CountingS3Server
 
-    server = CountingS3Server().start()
+    server = getattr(request.module, "S3_SERVER", CountingS3Server)().start()
     yield server
     server.stop()
 

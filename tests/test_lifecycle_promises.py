@@ -340,15 +340,6 @@ def test_publish_to_a_directory_store_then_serve(keras_files, tmp_path):
 # -- S3: listing cache, no credentials, content check --------------------------------------------
 
 
-@pytest.fixture
-def s3():
-    server = CountingS3Server().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def upload_model(s3, bucket, name, path, labels=("red", "green", "blue")):
     import boto3
     from botocore.config import Config

@@ -43,11 +43,8 @@ class SlowS3(CountingS3Server):
             time.sleep(seconds / pieces)
 
 
-@pytest.fixture
-def s3():
-    server = SlowS3().start()
-    yield server
-    server.stop()
+#: The `s3` fixture (tests/conftest.py) serves this test module with it.
+S3_SERVER = SlowS3
 
 
 @pytest.fixture(scope="module")

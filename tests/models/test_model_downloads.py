@@ -41,11 +41,8 @@ class CorruptingS3(CountingS3Server):
         return [bytes(data)]
 
 
-@pytest.fixture
-def s3():
-    server = CorruptingS3().start()
-    yield server
-    server.stop()
+#: The `s3` fixture (tests/conftest.py) serves this test module with it.
+S3_SERVER = CorruptingS3
 
 
 @pytest.fixture(scope="module")

@@ -58,11 +58,8 @@ class SlowWritesS3(CountingS3Server):
             return sum(1 for method, path, query in self.requests if method == "GET" and "list-type" in query)
 
 
-@pytest.fixture
-def s3():
-    server = SlowWritesS3().start()
-    yield server
-    server.stop()
+#: The `s3` fixture (tests/conftest.py) serves this test module with it.
+S3_SERVER = SlowWritesS3
 
 
 @pytest.fixture(scope="module")

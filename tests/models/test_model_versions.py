@@ -16,11 +16,8 @@ from test_model_cache import PREFIX, SlowS3, model_folder, upload  # noqa: F401 
 __all__ = ["model_folder"]
 
 
-@pytest.fixture
-def s3():
-    server = SlowS3().start()
-    yield server
-    server.stop()
+#: The `s3` fixture (tests/conftest.py) serves this test module with it.
+S3_SERVER = SlowS3
 
 
 def frame(seed=0):

@@ -78,8 +78,9 @@ def check(socket_class=None) -> None:
         missing.append("engineio.socket.Socket.close / schedule_ping")
     elif "wait" not in inspect.signature(socket_class.close).parameters:
         missing.append("engineio.socket.Socket.close(wait=...)")
+    socket_init = source_of(socket_class.__init__)
     for name in ("upgraded", "queue", "closing", "closed"):
-        if name not in source_of(socket_class.__init__):
+        if name not in socket_init:
             missing.append(f"engineio.socket.Socket.{name}")
     server_init = source_of(engineio.Server.__init__) + source_of(engineio.base_server.BaseServer.__init__)
     for name in ("self.sockets = {}", "self.handlers = {}"):

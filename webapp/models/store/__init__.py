@@ -4,7 +4,8 @@ from .base import LocalModelFiles, ModelStore, PublishInProgress, StoredModel, S
 from .local import LocalStore
 
 
-def open_store(location: str, cache=None, settings: dict | None = None, on_download=None) -> ModelStore:
+def open_store(location: str, cache=None, settings: dict | None = None,
+               on_download=lambda model, seconds: None) -> ModelStore:
     """The store for a `MODEL_STORE` setting: `s3://bucket/prefix` or a directory.
 
     `on_download(model, seconds)` is told of each download (S3 only: a
@@ -12,7 +13,7 @@ def open_store(location: str, cache=None, settings: dict | None = None, on_downl
     if location.startswith("s3://"):
         from .s3 import S3Store
 
-        return S3Store(location, cache, settings or {}, **({"on_download": on_download} if on_download else {}))
+        return S3Store(location, cache, settings or {}, on_download)
     return LocalStore(location)
 
 

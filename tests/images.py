@@ -48,3 +48,16 @@ def png_header_claiming(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def documented_crop_resize(image: Image.Image, height: int, width: int) -> Image.Image:
+    """The README's step 4 written out independently of the server's code:
+    the largest centred box with the model's aspect ratio, then BILINEAR."""
+    w, h = image.size
+    if w * height > h * width:
+        crop = round(h * width / height)
+        box = ((w - crop) // 2, 0, (w - crop) // 2 + crop, h)
+    else:
+        crop = round(w * height / width)
+        box = (0, (h - crop) // 2, w, (h - crop) // 2 + crop)
+    return image.crop(box).resize((width, height), Image.BILINEAR)

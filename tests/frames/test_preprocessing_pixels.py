@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from conftest import ASYNC_MODES
-from images import encode
+from images import documented_crop_resize, encode
 from serverproc import ServerProcess
 
 HEIGHT, WIDTH = 5, 6
@@ -70,14 +70,7 @@ def full_size_reference(data: bytes) -> np.ndarray:
     image.load()
     rgba = image.convert("RGBA")
     rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    w, h = rgb.size
-    if w * HEIGHT > h * WIDTH:
-        crop = round(h * WIDTH / HEIGHT)
-        box = ((w - crop) // 2, 0, (w - crop) // 2 + crop, h)
-    else:
-        crop = round(w * HEIGHT / WIDTH)
-        box = (0, (h - crop) // 2, w, (h - crop) // 2 + crop)
-    return np.asarray(rgb.crop(box).resize((WIDTH, HEIGHT), Image.BILINEAR), dtype=np.float64)
+    return np.asarray(documented_crop_resize(rgb, HEIGHT, WIDTH), dtype=np.float64)
 
 
 # 600x500: the whole image is the crop (the model's 6:5), 100x the input, so the

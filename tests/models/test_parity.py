@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from images import encode, shape_image
+from images import documented_crop_resize, encode, shape_image
 
 TOLERANCE = 1e-4
 
@@ -29,14 +29,7 @@ def documented_input(jpeg: bytes, height: int, width: int, channels: int, prepro
     if wanted[0] * 2 <= w and wanted[1] * 2 <= h:
         image.draft(image.mode, wanted)
     image = image.convert("L" if channels == 1 else "RGB")
-    w, h = image.size
-    if w * height > h * width:
-        crop_w = round(h * width / height)
-        box = ((w - crop_w) // 2, 0, (w - crop_w) // 2 + crop_w, h)
-    else:
-        crop_h = round(w * height / width)
-        box = (0, (h - crop_h) // 2, w, (h - crop_h) // 2 + crop_h)
-    pixels = np.asarray(image.crop(box).resize((width, height), Image.BILINEAR), dtype=np.float32)
+    pixels = np.asarray(documented_crop_resize(image, height, width), dtype=np.float32)
     pixels = pixels.reshape(height, width, channels)
     return {"raw": pixels, "unit": pixels / 255.0, "symmetric": pixels / 127.5 - 1.0}[preprocess]
 

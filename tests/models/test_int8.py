@@ -121,12 +121,17 @@ def test_server_serves_the_int8_file_and_the_setting_turns_it_off(published, tmp
 
 
 def test_int8_travels_through_s3(tmp_path, calibration):
+    """Published in the directory layout, and uploaded by hand in the flat one
+    (`<name>.keras` with `<name>.labels.txt` and `<name>.int8.tflite` beside it)."""
     s3 = CountingS3Server().start()
     try:
         bucket = s3.new_bucket()
         env = s3.server_env(bucket, "projects")
         done = publish(f"s3://{bucket}/projects", "shapes-s3", calibration, env=env)
         assert done.returncode == 0, done.stderr[-2000:]
+        uploads = {"flat.keras": "model.keras", "flat.labels.txt": "labels.txt", "flat.int8.tflite": "model.int8.tflite"}
+        for key, source in uploads.items():
+            s3.client().upload_file(str(SHAPES / source), bucket, f"projects/{key}")
         keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
         assert "projects/shapes-s3/model.int8.tflite" in keys
         server = ServerProcess("eventlet", env={**env, "DEFAULT_MODEL": "", "MODEL_CACHE_DIR": str(tmp_path / "cache")},
@@ -134,15 +139,18 @@ def test_int8_travels_through_s3(tmp_path, calibration):
         try:
             client = server.client()
             try:
-                answer = client.call("frame", {"model": "shapes-s3", "image": encode(shape_image("star", seed=3))})
+                answers = {name: client.call("frame", {"model": name, "image": encode(shape_image("star", seed=3))})
+                           for name in ("shapes-s3", "flat")}
             finally:
                 client.close()
             details = requests.get(f"{server.url}/api/models/shapes-s3", timeout=30).json()
         finally:
             server.stop()
-        assert answer["runtime"] == "litert-int8", answer
-        assert answer["labels"][0]["label"] == "star"
+        for answer in answers.values():
+            assert answer["runtime"] == "litert-int8", answer
+            assert answer["labels"][0]["label"] == "star"
         assert details["int8"]["agreement"] >= 0.98
+        assert s3.gets(bucket, "projects/flat.int8.tflite") == 1
     finally:
         s3.stop()
 

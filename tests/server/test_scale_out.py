@@ -182,6 +182,11 @@ def test_sigterm_answers_every_frame_in_flight_and_refuses_new_ones(model_store,
             assert all(client.drain("label") == [] for client in clients)  # still in flight
 
             server.signal(signal.SIGTERM)
+            # The signal is handled asynchronously; /readyz says when the server has started draining.
+            deadline = time.monotonic() + 10
+            while not requests.get(server.url + "/readyz", timeout=10).json().get("shutting_down"):
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.02)
             refused = late.call("frame", {"model": "tiny", "image": encode(noise_image())}, timeout=30)
             answers = [client.next("label", timeout=60) for client in clients]
             code = server.proc.wait(30)

@@ -335,8 +335,12 @@ class PredictionService:
         With no default model, ready once the store has answered or some
         model is loaded. A store outage alone does not make a server with
         loaded models unready (they keep serving); it is reported in the body.
+        After SIGTERM the server is never ready (`shutting_down`), so a load
+        balancer stops sending clients to a process that refuses them.
         """
         store = self.registry.store.status()
+        if self.draining:
+            return False, {"shutting_down": True, "store": store}
         if not self.default_model:
             return bool(store.get("reachable")) or self.registry.any_loaded(), {"store": store}
         state = self.registry.state_of(self.default_model)

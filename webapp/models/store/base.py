@@ -9,7 +9,8 @@ and in S3):
   ``<root>/<name>.h5``, with an optional ``<root>/<name>.labels.txt``.
 
 Either layout may carry the model converted to LiteRT beside it
-(``model.tflite``, or ``<name>.tflite`` in the flat layout).
+(``model.tflite``, or ``<name>.tflite`` in the flat layout) and its int8
+version (``model.int8.tflite``, or ``<name>.int8.tflite``).
 
 A store lists models and fetches one as local files; it never loads models.
 """
@@ -36,6 +37,17 @@ CONVERTED_FILE = "model.tflite"
 INT8_FILE = "model.int8.tflite"
 #: Every file that travels with a model in the directory layout.
 COMPANION_FILES = (*METADATA_FILES, CONVERTED_FILE, INT8_FILE)
+
+
+def flat_companions(name: str) -> dict[str, str]:
+    """The files that travel with a flat-layout model: {role: file name beside it}.
+
+    Roles are the directory layout's file names, so the cache and the loaders
+    see one set of names whatever the layout. (A flat model named ``x.int8``
+    would have its LiteRT file where ``x`` keeps its int8 file: don't.)
+    """
+    return {"labels.txt": f"{name}.labels.txt", CONVERTED_FILE: f"{name}.tflite",
+            INT8_FILE: f"{name}.int8.tflite"}
 #: Written by `publish` after every other file of a version: while any file of
 #: a model is newer than its manifest, a publish is in progress and the set is
 #: not a version yet (servers keep serving the one they have).

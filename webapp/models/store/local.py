@@ -13,7 +13,7 @@ from ..modelspec import is_valid_model_name
 from .base import (
     COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES, MANIFEST_FILE,
     LocalModelFiles, ProgressCallback, PublishInProgress, StoredModel, StoreUnavailable, fingerprint_of,
-    parse_metadata, publishing,
+    parse_metadata, flat_companions, publishing,
 )
 
 
@@ -73,8 +73,7 @@ class LocalStore:
         for suffix in FLAT_MODEL_SUFFIXES:
             path = self.root / f"{name}{suffix}"
             if path.is_file():
-                flat = {"labels.txt": self.root / f"{name}.labels.txt",
-                        CONVERTED_FILE: self.root / f"{name}.tflite"}
+                flat = {role: self.root / filename for role, filename in flat_companions(name).items()}
                 metadata = {role: str(p) for role, p in flat.items() if p.is_file()}
                 return self._stored(name, "flat", path, metadata)
         return None

@@ -26,9 +26,9 @@ from urllib.parse import urlparse
 
 from ..modelspec import is_valid_model_name
 from .base import (
-    COMPANION_FILES, CONVERTED_FILE, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES, MANIFEST_FILE,
+    COMPANION_FILES, DIRECTORY_MODEL_FILES, FLAT_MODEL_SUFFIXES, MANIFEST_FILE,
     LocalModelFiles, ProgressCallback, PublishInProgress, StoredModel, StoreUnavailable, fingerprint_of,
-    model_filename, publishing,
+    model_filename, flat_companions, publishing,
 )
 
 if TYPE_CHECKING:  # the cache is passed in; importing it here would make a cycle
@@ -104,8 +104,7 @@ def group_models(objects: Iterable[dict], prefix: str) -> dict[str, StoredModel]
         if layout == "directory":
             metadata = {m: f"{name}/{m}" for m in COMPANION_FILES if f"{name}/{m}" in by_key}
         else:
-            flat = {"labels.txt": f"{name}.labels.txt", CONVERTED_FILE: f"{name}.tflite"}
-            metadata = {role: key for role, key in flat.items() if key in by_key}
+            metadata = {role: key for role, key in flat_companions(name).items() if key in by_key}
         obj = by_key[rel]
         manifest = by_key.get(f"{name}/{MANIFEST_FILE}") if layout == "directory" else None
         newest = max(_modified(by_key[key]) for key in (rel, *metadata.values()))

@@ -14,6 +14,28 @@ from webapp.frames.batching import DeferredInput, ModelBatcher
 pytestmark = pytest.mark.quick  # in `make test-fast`
 
 
+class SubmittedElsewhere:
+    """A frame submitted from a thread of its own, as the server's handlers
+    submit: a model that is idle runs the frame in its caller."""
+
+    def __init__(self, batcher: ModelBatcher, key, tensor):
+        self._box: dict = {}
+        self._thread = threading.Thread(target=self._submit, args=(batcher, key, tensor), daemon=True)
+        self._thread.start()
+
+    def _submit(self, batcher, key, tensor):
+        try:
+            self._box["ticket"] = batcher.submit(key, tensor)
+        except Exception as exc:  # noqa: BLE001 - re-raised by wait()
+            self._box["error"] = exc
+
+    def wait(self, timeout: float):
+        self._thread.join(timeout)
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["ticket"].wait(timeout)
+
+
 def test_a_frame_that_makes_the_model_raise_fails_alone():
     started, gate, batch_sizes = threading.Event(), threading.Event(), []
 
@@ -27,7 +49,7 @@ def test_a_frame_that_makes_the_model_raise_fails_alone():
         return batch.reshape(len(batch), -1)[:, :2] * 2.0
 
     batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=8, workers=1)
-    first = batcher.submit("warm", np.full((2, 2, 1), 99, np.float32))
+    first = SubmittedElsewhere(batcher, "warm", np.full((2, 2, 1), 99, np.float32))
     assert started.wait(10)
     tickets = {key: batcher.submit(key, np.full((2, 2, 1), value, np.float32))
                for key, value in (("a", 1), ("poison", -1), ("b", 2), ("c", 3))}
@@ -83,7 +105,10 @@ def test_a_closed_batcher_answers_its_queue_then_every_worker_exits_and_the_runt
 
     batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=2, workers=workers,
                            on_retired=released.set)
-    tickets = [batcher.submit(f"client-{i}", np.full((1, 1, 1), i, np.float32)) for i in range(7)]
+    tickets = [SubmittedElsewhere(batcher, "client-0", np.zeros((1, 1, 1), np.float32))]
+    while batcher._calls == 0:  # the first frame's call runs (in its caller) and waits
+        threading.Event().wait(0.01)
+    tickets += [batcher.submit(f"client-{i}", np.full((1, 1, 1), i, np.float32)) for i in range(1, 7)]
     batcher.close()
     assert not released.is_set()  # frames are still waiting: the runtime stays
     gate.set()
@@ -112,7 +137,7 @@ def _held_batcher(predict_rows):
         return predict_rows(batch)
 
     batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=8, workers=1)
-    first = batcher.submit("warm", np.full((1, 1, 1), 99, np.float32))
+    first = SubmittedElsewhere(batcher, "warm", np.full((1, 1, 1), 99, np.float32))
     assert started.wait(10)
     return batcher, first, gate, batch_sizes
 
@@ -158,3 +183,41 @@ def test_a_superseded_frame_is_never_decoded():
     assert newer.wait(10).output.tolist() == [2.0]
     assert decoded == [2]  # the superseded frame cost no decoding
     batcher.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_calls_never_outnumber_the_interpreters_whoever_runs_them(workers):
+    """Callers run frames for an idle model themselves, workers run what
+    queues: together never more calls at once than the runtime has
+    interpreters, and every frame is answered with its own row."""
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def predict(batch):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(0.002)
+        with lock:
+            running[0] -= 1
+        return batch.reshape(len(batch), -1)
+
+    batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=4, workers=workers)
+    results = {}
+
+    def client(index: int) -> None:
+        for n in range(25):
+            value = index * 100 + n
+            try:
+                results[value] = batcher.submit(f"client-{index}", np.full((1, 1, 1), value, np.float32)).wait(10)
+            except Superseded:
+                results[value] = None
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    batcher.close()
+    assert len(results) == 200
+    assert all(r.output.tolist() == [float(v)] for v, r in results.items() if r is not None)
+    assert 1 <= most[0] <= workers

@@ -114,6 +114,9 @@ def test_each_interpreter_runs_its_own_call_and_waiting_frames_are_split_between
     server = two_interpreters
     details = requests.get(server.url + "/api/models/shapes", timeout=30).json()
     assert details["runtime"].startswith("litert") and details["interpreters"] == 2, details
+    # Used one frame at a time so far: the second interpreter is not built yet
+    # (models/test_litert_interpreters.py: when it is).
+    assert details["interpreters_made"] == 1, details
     image = encode(shape_image("triangle", seed=6))
     clients = [server.client() for _ in range(6)]
     try:

@@ -74,7 +74,9 @@ def memory_of(server: ServerProcess, name: str) -> int:
 def start(store: Path, tmp_path: Path, mode: str, label: str) -> ServerProcess:
     log_dir = tmp_path / label
     log_dir.mkdir()
-    server = ServerProcess(mode, env={"MODEL_STORE": str(store), "DEFAULT_MODEL": "first",
+    # One interpreter per model: a second is only built when calls overlap
+    # (frames/test_batching_limits.py), and `memory_bytes` counts it ahead.
+    server = ServerProcess(mode, env={"MODEL_STORE": str(store), "DEFAULT_MODEL": "first", "LITERT_INTERPRETERS": "1",
                                       "MODEL_CACHE_DIR": str(log_dir / "cache")}, log_dir=log_dir).start()
     server.wait_ready()
     return server

@@ -211,6 +211,8 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
             runtime=loaded.runtime.name,
             runtime_note=getattr(loaded.runtime, "fallback_reason", None),
             interpreters=getattr(loaded.runtime, "interpreters", 1),
+            # Built so far: the second and later when calls first overlap.
+            interpreters_made=getattr(loaded.runtime, "interpreters_made", 1),
             memory_bytes=loaded.runtime.memory_bytes,
             batching={"max_batch": self._max_batch, "calls": loaded.batcher.calls,
                       "failed_calls": loaded.batcher.failed_calls,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 import queue
 import statistics
@@ -33,13 +34,13 @@ import numpy as np
 
 from .base import RuntimeLoadError
 
+log = logging.getLogger(__name__)
+
 
 class LiteRTRuntime:
     name = "litert"
 
     def __init__(self, tflite_path: str | os.PathLike, threads: int = 2, interpreters: int = 2):
-        from ai_edge_litert.interpreter import Interpreter
-
         if threads > 1:  # timed before the memory measurement below, which it must not touch
             threads = threads_for(tflite_path, threads)
         # Measured: the bytes allocated while the interpreters are built
@@ -50,24 +51,31 @@ class LiteRTRuntime:
         # downloads and conversions still run in parallel. Allocated bytes,
         # not RSS growth: RSS does not grow when an allocation reuses pages
         # another model's load freed (a 12 MB model measured 8-10 MB so).
+        #
+        # Only the first interpreter is built now; the others are built the
+        # first time a call finds every built one busy (`_borrow`), so a model
+        # that is loaded but not busy holds one (measured: three int8
+        # MobileNetV2 loaded and used one frame at a time, 152 -> ~128 MB).
+        # `memory_bytes` counts all of them, as the first one measured: the
+        # memory bound holds whatever the load.
+        self._closed = False
+        self._threads = threads
+        self._growing = threading.Lock()  # guards interpreters_made
         with _MEASURING:
             before = _allocated_bytes()
-            self._closed = False
             content = Path(tflite_path).read_bytes()
+            self._content = content
             self._pool: queue.Queue = queue.Queue()
             try:
-                for _ in range(max(1, interpreters)):
-                    interpreter = Interpreter(model_content=content, num_threads=threads)
-                    interpreter.allocate_tensors()
-                    slot = _Slot(interpreter)
-                    # One invoke so XNNPACK packs its weights: that memory counts too.
-                    shape = interpreter.get_input_details()[0]["shape"]
-                    slot.run(np.zeros(shape, np.float32))
-                    self._pool.put(slot)
+                self._pool.put(self._new_slot())
             except Exception as exc:
                 raise RuntimeLoadError(f"LiteRT could not load the converted model: {type(exc).__name__}: {exc}") from exc
-            # Never less than the flatbuffer itself.
-            self.memory_bytes = max(len(content), _allocated_bytes() - before)
+            first = max(0, _allocated_bytes() - before - len(content))
+        #: Interpreters this model may use at once (one batcher worker each), and how many exist now.
+        self.interpreters = max(1, interpreters)
+        self.interpreters_made = 1
+        # Never less than the flatbuffer itself.
+        self.memory_bytes = len(content) + self.interpreters * first
         probe = self._pool.queue[0].interpreter
         inputs, outputs = probe.get_input_details(), probe.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -78,17 +86,50 @@ class LiteRTRuntime:
         self.input_shape = shape
         self.output_units = int(outputs[0]["shape_signature"][-1])
         self.threads = threads
-        self.interpreters = self._pool.qsize()
-        self._content = content
+
+    def _new_slot(self) -> "_Slot":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_content=self._content, num_threads=self._threads)
+        interpreter.allocate_tensors()
+        slot = _Slot(interpreter)
+        # One invoke so XNNPACK packs its weights now, not in a client's call.
+        shape = interpreter.get_input_details()[0]["shape"]
+        slot.run(np.zeros(shape, np.float32))
+        return slot
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if self._closed:
             raise RuntimeError("this LiteRT runtime was closed")
-        slot = self._pool.get()
+        slot = self._borrow()
         try:
             return slot.run(np.ascontiguousarray(batch, dtype=np.float32))
         finally:
             self._pool.put(slot)
+
+    def _borrow(self) -> "_Slot":
+        """A free interpreter; when all are busy, a new one if fewer than
+        `interpreters` exist (built here, on the caller's native thread),
+        else the next one freed."""
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            pass
+        with self._growing:
+            grow = self.interpreters_made < self.interpreters
+            if grow:
+                self.interpreters_made += 1
+        if grow:
+            try:
+                with _MEASURING:  # not counted in another model's load
+                    return self._new_slot()
+            except Exception:  # noqa: BLE001 - serve with the interpreters there are
+                log.warning("LiteRT could not build another interpreter; going on with %d",
+                            self.interpreters_made - 1, exc_info=True)
+                with self._growing:
+                    self.interpreters_made -= 1
+                    self.interpreters = self.interpreters_made
+        return self._pool.get()
 
     def close(self) -> None:
         """Drop the interpreters (their arenas, packed weights and XNNPACK

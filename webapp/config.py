@@ -110,7 +110,8 @@ class Settings(BaseSettings):
     #: litert, or tensorflow.
     RUNTIME: Literal["auto", "litert", "tensorflow"] = "auto"
     #: Threads per LiteRT interpreter, and interpreters per model: chosen by
-    #: measurement (webapp/runtime/litert_runtime.py, README "Speed").
+    #: measurement (webapp/models/runtime/litert_runtime.py, README "Speed"). Interpreters
+    #: beyond the first are built when a model's calls first overlap.
     LITERT_THREADS: Annotated[int, Field(gt=0, le=64)] = 2
     LITERT_INTERPRETERS: Annotated[int, Field(gt=0, le=16)] = 2
     #: Serve a model's full-integer file (`model.int8.tflite`, made by

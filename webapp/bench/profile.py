@@ -24,7 +24,10 @@ from . import load, process
 from .run import jpeg, prepare_store, warm
 
 #: Leaf frames of a waiting thread (py-spy --nonblocking can sample them as active).
-_WAITING = ("Condition.wait", "Hub.do_poll", "Hub.wait (eventlet/hubs/poll.py", "Event.wait", "_wait_for_tstate_lock")
+#: simple-websocket's reader loop is a leaf only inside its blocking `recv`/`select`
+#: (its parsing is in wsproto, deeper frames).
+_WAITING = ("Condition.wait", "Hub.do_poll", "Hub.wait (eventlet/hubs/poll.py", "Event.wait", "_wait_for_tstate_lock",
+            "Base._thread (simple_websocket/ws.py")
 
 #: Work named by the webapp function it runs under, anywhere in the stack.
 _OWNED = (

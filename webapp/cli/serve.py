@@ -71,14 +71,8 @@ def _patch_for_eventlet() -> None:
     other native libraries use real threads and locks internally, which must
     not be replaced by green ones, hence `thread=False`.
     """
-    import os
     import warnings
 
-    # eventlet's green DNS resolver imports dnspython: 15-19 MB of RSS (measured
-    # here) for lookups the server does not make on the event loop (S3 runs on
-    # native threads, image URLs are resolved on one: `frames.url_fetch`).
-    # Only a Redis message queue's (re)connect resolves its host on the loop.
-    os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
     with warnings.catch_warnings():
         # eventlet announces its own deprecation at import; we know (see README).
         warnings.simplefilter("ignore")

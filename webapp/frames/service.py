@@ -143,7 +143,7 @@ class PredictionService:
         self.default_top_k = int(settings["DEFAULT_TOP_K"])
         self.default_model = settings["DEFAULT_MODEL"]
         self.url_policy = UrlPolicy(settings["URL_FETCH_ALLOW"], self.max_frame_bytes,
-                                    float(settings["URL_FETCH_TIMEOUT"]), concurrency.run_blocking)
+                                    float(settings["URL_FETCH_TIMEOUT"]))
         self.max_url_fetches = int(settings["URL_FETCH_CONCURRENCY"])
         self.url_fetches = 0
         self.decode_budget = DecodeBudget(int(float(settings["DECODE_MEMORY_MB"]) * 1024 * 1024), concurrency)

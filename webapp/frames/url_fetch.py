@@ -33,13 +33,8 @@ METADATA_ADDRESSES = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_addr
                       ipaddress.ip_address("100.100.100.200")}
 
 
-def _inline(fn, *args, **kwargs):
-    return fn(*args, **kwargs)
-
-
 class UrlPolicy:
-    def __init__(self, allow: list[str] | None = None, max_bytes: int = 4 << 20, deadline: float = 10.0,
-                 run_blocking=_inline):
+    def __init__(self, allow: list[str] | None = None, max_bytes: int = 4 << 20, deadline: float = 10.0):
         self.allowed_hosts = set()
         self.allowed_networks = []
         for item in allow or []:
@@ -49,10 +44,6 @@ class UrlPolicy:
                 self.allowed_hosts.add(item.lower())
         self.max_bytes = max_bytes
         self.deadline = deadline
-        #: Runs the DNS lookup: on a native thread under eventlet, whose
-        #: green resolver the server leaves out (see `cli/serve.py`), so the
-        #: libc lookup would otherwise hold the event loop.
-        self.run_blocking = run_blocking
 
     def check_address(self, host: str, address) -> None:
         if host.lower() in self.allowed_hosts or any(address in net for net in self.allowed_networks):
@@ -65,7 +56,7 @@ class UrlPolicy:
             raise BadRequest(f"Fetching from {host} is not allowed: it resolves to a non-public address.")
 
 
-def _resolve(host: str, port: int, run_blocking=_inline) -> list:
+def _resolve(host: str, port: int) -> list:
     # Numeric hosts in every form libc accepts (2130706433, 0x7f.1, 127.1):
     # decided here, the same way whichever resolver is in use (eventlet's
     # green resolver does not parse these forms).
@@ -78,7 +69,7 @@ def _resolve(host: str, port: int, run_blocking=_inline) -> list:
     except OSError:
         pass
     try:
-        infos = run_blocking(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise BadRequest(f"The host {host!r} cannot be resolved.") from None
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
@@ -101,7 +92,7 @@ def fetch(url: str, policy: UrlPolicy) -> bytes:
         except ValueError:
             raise BadRequest("The URL has an invalid port.") from None
         host = parts.hostname
-        addresses = _resolve(host, port, policy.run_blocking)
+        addresses = _resolve(host, port)
         for address in addresses:
             policy.check_address(host, address)
         target = str(addresses[0])

@@ -97,17 +97,17 @@ def test_an_exception_outside_the_model_call_answers_the_batch_and_the_worker_go
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_a_closed_batcher_answers_its_queue_then_every_worker_exits_and_the_runtime_is_released(workers):
-    gate, released = threading.Event(), threading.Event()
+    started, gate, released = threading.Event(), threading.Event(), threading.Event()
 
     def predict(batch):
+        started.set()
         gate.wait(10)
         return batch.reshape(len(batch), -1)
 
     batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=2, workers=workers,
                            on_retired=released.set)
     tickets = [SubmittedElsewhere(batcher, "client-0", np.zeros((1, 1, 1), np.float32))]
-    while batcher._calls == 0:  # the first frame's call runs (in its caller) and waits
-        threading.Event().wait(0.01)
+    assert started.wait(10)  # the first frame's call runs (in its caller) and waits
     tickets += [batcher.submit(f"client-{i}", np.full((1, 1, 1), i, np.float32)) for i in range(1, 7)]
     batcher.close()
     assert not released.is_set()  # frames are still waiting: the runtime stays

@@ -18,7 +18,8 @@ answer. It uses plain Pillow, never the server's code, so it does not move
 when the server gets faster: `overhead / reference` compares runs.
 
 Each row also has the p50 latency of a single client against the model's
-batch-1 latency (`raw.batch1_latency_ms`).
+batch-1 latency (`raw.batch1_latency_ms`), timed back to back and paced
+(`raw.PACED_PAUSE_MS` between calls, as a lone client's frames arrive).
 
 `python -m webapp.bench.cpu TFLITE [--batch 8] [--threads 1] [--seconds 2]`
 is the model measurement's subprocess; it prints one JSON line.
@@ -96,7 +97,7 @@ def _measure_model(tflite: Path, batch: int, threads: int, seconds: float) -> di
 
 
 def server_row(url: str, pid: int, image: bytes, model: str, duration: float, model_cost: dict,
-               batch1_ms: float | None) -> dict:
+               batch1_ms: float | None, batch1_paced_ms: float | None = None) -> dict:
     """One row: 8 clients (server CPU per frame), then 1 client (p50)."""
     from . import load, process
 
@@ -116,6 +117,9 @@ def server_row(url: str, pid: int, image: bytes, model: str, duration: float, mo
         "single_client_p50": single["p50"],
         "batch1_latency_ms": batch1_ms,
         "single_client_excess_ms": round(single["p50"] - batch1_ms, 2) if batch1_ms and single["p50"] else None,
+        "batch1_paced_ms": batch1_paced_ms,
+        "single_client_excess_paced_ms": (round(single["p50"] - batch1_paced_ms, 2)
+                                          if batch1_paced_ms and single["p50"] else None),
         "rss_mb": round(process.tree_rss_mb(pid), 1),
     }
 
@@ -123,13 +127,15 @@ def server_row(url: str, pid: int, image: bytes, model: str, duration: float, mo
 def format_rows(rows: list[dict]) -> str:
     lines = ["", "Server's own cost per 224x224 JPEG frame (8 clients, closed loop; CPU from /proc):", "",
              "| mode | server | model | fps | server CPU ms/frame | model CPU ms/frame | overhead ms "
-             "| reference ms | overhead / reference | 1-client p50 ms | batch-1 ms | p50 − batch-1 ms | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| reference ms | overhead / reference | 1-client p50 ms | batch-1 ms | p50 − batch-1 ms "
+             "| batch-1 paced ms | p50 − paced ms | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['server']} | {r['model']} | {r['fps']} | {r['server_cpu_ms_per_frame']} | "
                      f"{r['model_cpu_ms_per_frame']} | **{r['overhead_ms']}** | {r['reference_ms']} | "
                      f"{r['overhead_per_reference']} | {r['single_client_p50']} | {r['batch1_latency_ms']} | "
-                     f"{r['single_client_excess_ms']} | {r['rss_mb']} |")
+                     f"{r['single_client_excess_ms']} | {r.get('batch1_paced_ms')} | "
+                     f"{r.get('single_client_excess_paced_ms')} | {r['rss_mb']} |")
     return "\n".join(lines)
 
 

@@ -95,3 +95,41 @@ def test_simple_websocket_gets_the_message_bound_on_this_server_only():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["True True", "{'max_message_size': 1234}", "loud: True"]
+
+
+READ_AHEAD = """
+import os, socket, struct, threading, warnings
+warnings.simplefilter("ignore")
+from eventlet import websocket
+from webapp.server.eventlet_internals import READ_AHEAD, install
+install()
+
+def frame(payload, opcode):
+    mask = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+server_side, client_side = socket.socketpair()
+sent = ["451-[\\"frame\\",{\\"model\\":\\"shapes\\"}]", os.urandom(READ_AHEAD + 1000), "2", os.urandom(3000), "3"]
+wire = b"".join(frame(m.encode() if isinstance(m, str) else m, 1 if isinstance(m, str) else 2) for m in sent)
+# Everything in one write, then in uneven pieces: both must come out message by message.
+writer = threading.Thread(target=lambda: (client_side.sendall(wire),
+                                          [client_side.sendall(wire[i:i + 777]) for i in range(0, len(wire), 777)]))
+writer.start()
+ws = websocket.RFC6455WebSocket(server_side, {}, max_frame_length=10 * READ_AHEAD)
+received = [ws.wait() for _ in range(2 * len(sent))]
+writer.join()
+print(received == sent + sent, type(ws.socket).__name__)
+"""
+
+
+def test_reading_ahead_keeps_every_message_whole_however_the_bytes_arrive():
+    done = subprocess.run([sys.executable, "-c", READ_AHEAD], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "True ReadAhead"

@@ -30,6 +30,16 @@ the client spoke or the socket timeout (ping interval + timeout) passed: a
 refused client that kept quiet held a descriptor and a green thread that long.
 `close` here also shuts down the receiving side, which ends that read at once.
 
+Reading ahead: eventlet reads each websocket frame with three or four
+`recv` calls (2 header bytes, the extended length, the 4-byte mask, the
+payload), each a system call and, when the bytes are not there yet, a trip
+through the hub. A frame event is two websocket messages (its JSON and its
+binary attachment), so about seven reads per frame. `ReadAhead` wraps the
+connection's socket so that one `recv` takes up to `READ_AHEAD` bytes that
+have already arrived and the next reads are served from them. It holds at
+most one such read per connection (64 KB), bytes the kernel was holding
+anyway.
+
 Every internal touched here is checked by `check()` (at start-up) and `install()`, which fails loudly
 when an eventlet upgrade moved it (pyproject.toml bounds the version too).
 """
@@ -48,6 +58,47 @@ def apply_mask(data, mask, length=None, offset=0) -> bytes:
     keystream = (key * (len(chunk) // 4 + 1))[: len(chunk)]
     value = int.from_bytes(chunk, "little") ^ int.from_bytes(keystream, "little")
     return value.to_bytes(len(chunk), "little")
+
+
+#: The most one websocket read takes from the kernel (see "Reading ahead").
+READ_AHEAD = 64 * 1024
+
+
+class ReadAhead:
+    """A socket whose `recv(n)` may read up to `READ_AHEAD` bytes and hand out
+    the rest to the next calls; every other attribute is the socket's own."""
+
+    __slots__ = ("_sock", "_ahead", "_start")
+
+    def __init__(self, sock):
+        self._sock, self._ahead, self._start = sock, b"", 0
+
+    def recv(self, size: int) -> bytes:
+        if self._start < len(self._ahead):
+            piece = self._ahead[self._start:self._start + size]
+            self._start += len(piece)
+            return piece
+        self._ahead, self._start = b"", 0
+        data = self._sock.recv(max(size, READ_AHEAD))
+        if len(data) <= size:
+            return data
+        self._ahead, self._start = data, size
+        return data[:size]
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def _reading_ahead(init):
+    """`RFC6455WebSocket.__init__`, with its socket wrapped in `ReadAhead`."""
+    import functools
+
+    @functools.wraps(init)
+    def init_reading_ahead(self, sock, *args, **kwargs):
+        init(self, ReadAhead(sock), *args, **kwargs)
+
+    init_reading_ahead._webapp_read_ahead = True
+    return init_reading_ahead
 
 
 def terminate_chunked_input(wsgi_app):
@@ -114,6 +165,8 @@ def check(websocket=None) -> None:
     message = getattr(ws, "Message", None)
     if ws is None or "_apply_mask" not in ws.__dict__:
         missing.append("RFC6455WebSocket._apply_mask")
+    if ws is None or list(inspect.signature(ws.__init__).parameters)[:2] != ["self", "sock"]:
+        missing.append("RFC6455WebSocket.__init__(sock, ...)")
     if ws is None or "close_data" not in inspect.signature(ws.close).parameters:
         missing.append("RFC6455WebSocket.close(close_data)")
     if message is None or not callable(getattr(message, "push", None)) or \
@@ -142,4 +195,5 @@ def install() -> None:
     bounded._webapp_bounded = True
     websocket.RFC6455WebSocket.Message = bounded
     websocket.RFC6455WebSocket.close = _closing_both_directions(websocket.RFC6455WebSocket.close)
+    websocket.RFC6455WebSocket.__init__ = _reading_ahead(websocket.RFC6455WebSocket.__init__)
     websocket.WebSocketWSGI._handle_legacy_request = _refuse_legacy_request

@@ -19,7 +19,8 @@ when the server gets faster: `overhead / reference` compares runs.
 
 Each row also has the p50 latency of a single client against the model's
 batch-1 latency (`raw.batch1_latency_ms`), timed back to back and paced
-(`raw.PACED_PAUSE_MS` between calls, as a lone client's frames arrive).
+(`raw.PACED_PAUSE_MS` between calls, as a lone client's frames arrive), and
+the p50 of a frame refused before any decoding (`transport_floor_ms`).
 
 `python -m webapp.bench.cpu TFLITE [--batch 8] [--threads 1] [--seconds 2]`
 is the model measurement's subprocess; it prints one JSON line.
@@ -96,6 +97,31 @@ def _measure_model(tflite: Path, batch: int, threads: int, seconds: float) -> di
             "cpu_ms_per_frame": round(cpu * 1000.0 / frames, 4), "wall_ms_per_frame": round(wall * 1000.0 / frames, 4)}
 
 
+def transport_floor_ms(url: str, model: str, image: bytes, frames: int = 200) -> float:
+    """p50 round trip of one client's frame that is refused before any decoding
+    (`top_k: 0`, answered `bad_request`): the same bytes both ways as a labelled
+    frame, through the client library, Socket.IO and the server's event
+    handling, with no model and no image work. What a lone client's latency
+    cannot go below."""
+    import statistics
+
+    from . import load
+
+    client = load._connect(url)
+    try:
+        refused = {"model": model, "image": image, "top_k": 0}
+        for _ in range(20):
+            client.call("frame", refused, timeout=60)
+        times = []
+        for _ in range(frames):
+            started = time.perf_counter()
+            client.call("frame", refused, timeout=60)
+            times.append((time.perf_counter() - started) * 1000.0)
+    finally:
+        client.disconnect()
+    return round(statistics.median(times), 3)
+
+
 def server_row(url: str, pid: int, image: bytes, model: str, duration: float, model_cost: dict,
                batch1_ms: float | None, batch1_paced_ms: float | None = None) -> dict:
     """One row: 8 clients (server CPU per frame), then 1 client (p50)."""
@@ -104,6 +130,7 @@ def server_row(url: str, pid: int, image: bytes, model: str, duration: float, mo
     reference = reference_ms(image)
     loaded = load.closed_loop(url, model, image, CLIENTS, duration, cpu_probe=lambda: process.tree_cpu_seconds(pid))
     single = load.closed_loop(url, model, image, 1, max(1.0, duration / 2))
+    floor = transport_floor_ms(url, model, image)
     server_ms = loaded["server_cpu_s"] * 1000.0 / max(1, loaded["frames"])
     overhead = server_ms - model_cost["cpu_ms_per_frame"]
     return {
@@ -117,6 +144,7 @@ def server_row(url: str, pid: int, image: bytes, model: str, duration: float, mo
         "single_client_p50": single["p50"],
         "batch1_latency_ms": batch1_ms,
         "single_client_excess_ms": round(single["p50"] - batch1_ms, 2) if batch1_ms and single["p50"] else None,
+        "transport_floor_ms": floor,
         "batch1_paced_ms": batch1_paced_ms,
         "single_client_excess_paced_ms": (round(single["p50"] - batch1_paced_ms, 2)
                                           if batch1_paced_ms and single["p50"] else None),
@@ -128,14 +156,14 @@ def format_rows(rows: list[dict]) -> str:
     lines = ["", "Server's own cost per 224x224 JPEG frame (8 clients, closed loop; CPU from /proc):", "",
              "| mode | server | model | fps | server CPU ms/frame | model CPU ms/frame | overhead ms "
              "| reference ms | overhead / reference | 1-client p50 ms | batch-1 ms | p50 − batch-1 ms "
-             "| batch-1 paced ms | p50 − paced ms | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| batch-1 paced ms | p50 − paced ms | refused-frame p50 ms | RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['server']} | {r['model']} | {r['fps']} | {r['server_cpu_ms_per_frame']} | "
                      f"{r['model_cpu_ms_per_frame']} | **{r['overhead_ms']}** | {r['reference_ms']} | "
                      f"{r['overhead_per_reference']} | {r['single_client_p50']} | {r['batch1_latency_ms']} | "
                      f"{r['single_client_excess_ms']} | {r.get('batch1_paced_ms')} | "
-                     f"{r.get('single_client_excess_paced_ms')} | {r['rss_mb']} |")
+                     f"{r.get('single_client_excess_paced_ms')} | {r.get('transport_floor_ms')} | {r['rss_mb']} |")
     return "\n".join(lines)
 
 

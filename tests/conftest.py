@@ -54,6 +54,17 @@ def model_store(tmp_path_factory) -> Path:
     mf.save_directory_model(root, "grey", mf.tiny_cnn(input_shape=(20, 30, 1)), labels=["x", "y", "z"],
                             meta={"preprocess": "symmetric"})
     mf.save_directory_model(root, "slow", mf.slow_cnn(), labels=["left", "right"])
+    # As `publish` does, each model's LiteRT conversion is stored beside it, so
+    # every server on this store (one per async mode, and others) loads it
+    # instead of converting it again: a TensorFlow import and a probe batch per
+    # model and server. `status-probe` is left for the server to convert: one
+    # test watches its first load, conversion included.
+    from webapp.models.runtime.convert import convert
+
+    for name, preprocess in (("tiny", "raw"), ("logits", "unit"), ("binary", "raw"), ("grey", "symmetric"),
+                             ("slow", "raw")):
+        report = convert(root / name / "model.keras", root / name / "model.tflite", preprocess)
+        assert report["ok"], report
     mf.save_legacy_keras2_h5(root / "legacy.h5")
     (root / "legacy.labels.txt").write_text("one\ntwo\nthree\n")
     (root / "broken").mkdir()

@@ -35,10 +35,16 @@ Reading ahead: eventlet reads each websocket frame with three or four
 payload), each a system call and, when the bytes are not there yet, a trip
 through the hub. A frame event is two websocket messages (its JSON and its
 binary attachment), so about seven reads per frame. `ReadAhead` wraps the
-connection's socket so that one `recv` takes up to `READ_AHEAD` bytes that
-have already arrived and the next reads are served from them. It holds at
-most one such read per connection (64 KB), bytes the kernel was holding
-anyway.
+connection's socket so that a small read (a header, a length, a mask) takes
+up to `READ_AHEAD` bytes that have already arrived, and the next reads are
+served from them: a frame's JSON message, the attachment's header and the
+start of its payload come in one `recv`, the rest of the payload in a second.
+Larger reads go to the socket as before. It holds at most 4 KB per
+connection, bytes the kernel was holding anyway. 64 KB saved no more calls
+for a webcam frame and, churned through the heap under the 1 MB mmap
+threshold, let it fragment: 15 connections cut off for over-long messages
+then left 19-22 MB behind (tests/server/test_network_bounds.py, bound
+16.5 MB), against 10-14 MB at 4 KB or without reading ahead.
 
 Every internal touched here is checked by `check()` (at start-up) and `install()`, which fails loudly
 when an eventlet upgrade moved it (pyproject.toml bounds the version too).
@@ -61,7 +67,7 @@ def apply_mask(data, mask, length=None, offset=0) -> bytes:
 
 
 #: The most one websocket read takes from the kernel (see "Reading ahead").
-READ_AHEAD = 64 * 1024
+READ_AHEAD = 4 * 1024
 
 
 class ReadAhead:

@@ -100,7 +100,7 @@ def run(args) -> int:
             report["compiled"] = _compiled(store, models)
         for mode in modes:
             report["cpu"].extend(_cpu_phase(store, work, mode, models, frames["224x224"], duration, report,
-                                            (batch1, batch1_paced), compare, 1 if quick else args.rounds))
+                                            batch1, batch1_paced, compare, 1 if quick else args.rounds))
             if not quick and mode == modes[0] and "mobilenetv2" in models:
                 report["memory"] = _memory(store, work, mode, frames["224x224"])
                 if "mobilenetv2-int8" in models:
@@ -142,10 +142,11 @@ def run(args) -> int:
     return 0
 
 
-def _cpu_phase(store, work, mode, models, image, duration, report, batch1, compare, rounds) -> list[dict]:
+def _cpu_phase(store, work, mode, models, image, duration, report, batch1, batch1_paced, compare,
+               rounds) -> list[dict]:
     """Server CPU per frame for each model (and for `compare`'s code, if given).
 
-    `batch1`: each model's batch-1 latency, back to back and paced.
+    `batch1`, `batch1_paced`: each model's batch-1 latency, back to back and paced.
 
     The servers run side by side and are measured in alternation, `rounds`
     times, keeping the median row: on a shared machine whose speed drifts, a
@@ -168,7 +169,7 @@ def _cpu_phase(store, work, mode, models, image, duration, report, batch1, compa
                     if label == "before" and model.endswith("-int8"):
                         continue  # older code serves the float file: nothing to compare
                     row = cpu.server_row(url, proc.pid, image, model, duration, report["model_cpu"][model],
-                                         batch1[0].get(model), batch1[1].get(model))
+                                         batch1.get(model), batch1_paced.get(model))
                     row.update(mode=mode, server=label)
                     measured.setdefault((label, model), []).append(row)
                     _say(f"cpu {mode} {label} {model}: {row['server_cpu_ms_per_frame']} ms/frame, overhead "

@@ -103,7 +103,6 @@ def _reading_ahead(init):
     def init_reading_ahead(self, sock, *args, **kwargs):
         init(self, ReadAhead(sock), *args, **kwargs)
 
-    init_reading_ahead._webapp_read_ahead = True
     return init_reading_ahead
 
 

@@ -48,6 +48,9 @@ def check() -> None:
     for name in ("sid_from_eio_sid", "get_namespaces"):
         if not callable(getattr(socketio.Manager, name, None)):
             missing.append(f"socketio.Manager.{name}")
+    # Read for room membership (`socketio_events._room_members`): {namespace: {room: {sid: eio_sid}}}.
+    if not isinstance(getattr(socketio.Manager(), "rooms", None), dict):
+        missing.append("socketio.Manager().rooms")
     require(f"python-socketio {version('python-socketio')}", missing, "socketio_internals")
 
 

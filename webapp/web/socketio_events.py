@@ -93,13 +93,18 @@ def publish_monitor_copy(copy: dict) -> None:
     socketio.emit("prediction", copy, to=[monitor_room(copy["model"]), monitor_room()])
 
 
+def _room_members(server, room: str):
+    """The clients of this process in `room` (python-socketio's own table: a dict lookup)."""
+    return server.manager.rooms.get("/", {}).get(room) or {}
+
+
 def _monitored(model: str) -> bool:
     """Whether a client of this process is in a monitor room for `model`.
 
     Two dict lookups: without a message queue, a copy nobody watches is not
     built at all (it cost a Socket.IO emit per frame)."""
-    rooms = socketio.server.manager.rooms.get("/", {})
-    return bool(rooms.get(monitor_room(model)) or rooms.get(monitor_room()))
+    server = socketio.server
+    return bool(_room_members(server, monitor_room(model)) or _room_members(server, monitor_room()))
 
 
 def _copy_to_monitors(app, result: dict) -> None:
@@ -191,16 +196,15 @@ def on_frame(server, sid: str, data=None, *extra):
         _grant(environ).require(frame.model)
         result = service.predict(frame, client_key=sid, on_status=_status_emitter(sid))
         _copy_to_monitors(app, result)
-        # Joined once the model answered, so unknown names create no rooms; once
-        # per model (the set is bounded by the models this client was answered for).
-        joined = environ.setdefault("webapp.model_rooms", set())
-        if frame.model not in joined:
+        # Joined once the model answered, so unknown names create no rooms; and
+        # only the first time (later frames find the client in the room already).
+        room = model_room(frame.model)
+        if sid not in _room_members(server, room):
             try:
-                server.enter_room(sid, model_room(frame.model))
+                server.enter_room(sid, room)
             except KeyError:  # python-socketio's answer for a client that left meanwhile
                 log.debug("client %s left before its frame was answered", sid)
                 return None
-            joined.add(frame.model)
     except ServingError as exc:
         return _reply("error", exc.to_dict(safe_frame_id(data)), sid)
     except Exception:

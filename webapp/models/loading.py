@@ -10,10 +10,10 @@ import time
 import numpy as np
 
 from ..errors import ModelUnavailable, ServingError, UnknownModel
+from ..server.memory import return_freed_memory
 from .entry import LoadedModel, ModelEntry
 from .modelspec import MetadataError, ModelSpec
 from .runtime import RuntimeLoadError, load_runtime
-from .runtime.base import return_freed_memory
 from .store import PublishInProgress, StoredModel, StoreUnavailable
 
 log = logging.getLogger("webapp.models.registry")

@@ -40,17 +40,28 @@ up to `READ_AHEAD` bytes that have already arrived, and the next reads are
 served from them: a frame's JSON message, the attachment's header and the
 start of its payload come in one `recv`, the rest of the payload in a second.
 Larger reads go to the socket as before. It holds at most 4 KB per
-connection, bytes the kernel was holding anyway. 64 KB saved no more calls
-for a webcam frame and, churned through the heap under the 1 MB mmap
-threshold, let it fragment: 15 connections cut off for over-long messages
-then left 19-22 MB behind (tests/server/test_network_bounds.py, bound
-16.5 MB), against 10-14 MB at 4 KB or without reading ahead.
+connection, bytes the kernel was holding anyway (64 KB saved no more calls
+for a webcam frame and churned more of the heap).
+
+Memory a refused message leaves: what eventlet reads for a message goes
+through blocks of every size up to the frame's (its `_get_bytes` appends
+each `recv` to a copy of all read so far), below the 1 MB mmap threshold
+(`memory.py`), so from the heap, whose holes then kept pages resident: 15
+connections cut off for over-long messages (1 MB frames) left 12-18 MB
+behind, once 20 MB (tests/server/test_network_bounds.py, bound 17.3 MB),
+against under 1 MB in threading mode. `BoundedMessage` drops what the
+message kept as soon as it is refused and hands the free pages back
+(`malloc_trim`): the same 15 then leave RSS 2-3 MB below where it was.
+Reading in linear time instead changed nothing measurable, so eventlet's
+`_get_bytes` is left as it is.
 
 Every internal touched here is checked by `check()` (at start-up) and `install()`, which fails loudly
 when an eventlet upgrade moved it (pyproject.toml bounds the version too).
 """
 
 from __future__ import annotations
+
+from .memory import return_freed_memory
 
 
 def apply_mask(data, mask, length=None, offset=0) -> bytes:
@@ -126,6 +137,10 @@ def _bounded_message_class(websocket):
         def push(self, data, final=False):
             self.received += len(data)
             if self.received > self.max_frame_length:
+                # What was kept is dropped now, not when the connection's
+                # objects go, and its pages given back (see "Memory a refused message leaves").
+                self.data = []
+                return_freed_memory()
                 # Raised inside `_recv_frame`; `_iter_frames` answers it by
                 # sending close 1009 and closing the socket.
                 raise websocket.FailedConnectionError(
@@ -175,7 +190,8 @@ def check(websocket=None) -> None:
     if ws is None or "close_data" not in inspect.signature(ws.close).parameters:
         missing.append("RFC6455WebSocket.close(close_data)")
     if message is None or not callable(getattr(message, "push", None)) or \
-            "max_frame_length" not in inspect.signature(message.__init__).parameters:
+            "max_frame_length" not in inspect.signature(message.__init__).parameters or \
+            not isinstance(getattr(message(1, 1), "data", None), list):
         missing.append("RFC6455WebSocket.Message(opcode, max_frame_length, ...).push")
     for name in ("FailedConnectionError", "BadRequest"):
         if not hasattr(websocket, name):

@@ -13,6 +13,7 @@ machine's physical memory. Reading them is a few small file reads, done once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -135,3 +136,58 @@ def return_freed_memory_to_the_system() -> bool:
         mallopt(_M_ARENA_MAX, max(2, os.cpu_count() or 1))
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES))
+
+
+def return_freed_memory() -> None:
+    """Give the free pages of every glibc heap back to the operating system.
+
+    Memory freed on a native thread stays in that thread's heap (arena), and
+    pieces below the mmap threshold stay in whichever heap they came from.
+    Called after what frees a lot at once: a closed interpreter (measured:
+    +80 MB over 100 swaps of a 1 MB model, +14 MB with this) and a websocket
+    message refused for its size. A no-op without glibc.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+#: glibc's `struct mallinfo2` (malloc.h), every field a size_t.
+_MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")
+
+
+@functools.lru_cache(maxsize=1)
+def _mallinfo2():
+    import ctypes
+
+    try:
+        function = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2_FIELDS]
+
+    function.restype = MallInfo2
+    return function
+
+
+def allocated_bytes() -> int:
+    """Bytes malloc has handed out and not taken back, in every arena
+    (glibc's `mallinfo2`); the RSS where there is no glibc."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return rss_bytes()
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)

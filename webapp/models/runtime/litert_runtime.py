@@ -20,8 +20,6 @@ Hence the defaults LITERT_INTERPRETERS=2, LITERT_THREADS=2.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import os
 import queue
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...server.memory import allocated_bytes
 from .base import RuntimeLoadError
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ class LiteRTRuntime:
         self._closed = False
         self._threads = threads
         with _MEASURING:
-            before = _allocated_bytes()
+            before = allocated_bytes()
             content = Path(tflite_path).read_bytes()
             self._content = content
             self._pool: queue.Queue = queue.Queue()
@@ -69,7 +68,7 @@ class LiteRTRuntime:
                 self._pool.put(self._new_slot())
             except Exception as exc:
                 raise RuntimeLoadError(f"LiteRT could not load the converted model: {type(exc).__name__}: {exc}") from exc
-            first = max(0, _allocated_bytes() - before - len(content))
+            first = max(0, allocated_bytes() - before - len(content))
         #: Interpreters this model may use at once (one batcher worker each), and how many exist now.
         self.interpreters = max(1, interpreters)
         self.interpreters_made = 1
@@ -164,7 +163,7 @@ def threads_for(tflite_path: str | os.PathLike, threads: int) -> int:
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from .base import return_freed_memory
+    from ...server.memory import return_freed_memory
 
     try:
         interpreter = Interpreter(model_path=str(tflite_path), num_threads=1)
@@ -183,36 +182,6 @@ def threads_for(tflite_path: str | os.PathLike, threads: int) -> int:
         interpreter = None
         return_freed_memory()
     return 1 if statistics.median(times[1:]) * 1000.0 < SINGLE_THREAD_BELOW_MS else threads
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-@functools.lru_cache(maxsize=1)
-def _mallinfo2():
-    try:
-        function = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return None
-    function.restype = _MallInfo2
-    return function
-
-
-def _allocated_bytes() -> int:
-    """Bytes malloc has handed out and not taken back, in every arena
-    (glibc's `mallinfo2`); the RSS where there is no glibc."""
-    mallinfo2 = _mallinfo2()
-    if mallinfo2 is None:
-        return _rss_bytes()
-    info = mallinfo2()
-    return int(info.uordblks + info.hblkhd)
 
 
 class _Slot:

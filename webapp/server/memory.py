@@ -124,13 +124,8 @@ def return_freed_memory_to_the_system() -> bool:
     Process-wide, so applied by `create_app`, idempotently; a no-op where the
     C library is not glibc.
     """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_glibc(), "mallopt", None)
+    if mallopt is None:
         return False
     if "MALLOC_ARENA_MAX" not in os.environ:
         mallopt(_M_ARENA_MAX, max(2, os.cpu_count() or 1))
@@ -147,18 +142,20 @@ def return_freed_memory() -> None:
     +80 MB over 100 swaps of a 1 MB model, +14 MB with this) and a websocket
     message refused for its size. A no-op without glibc.
     """
-    trim = _malloc_trim()
+    trim = getattr(_glibc(), "malloc_trim", None)
     if trim is not None:
         trim(0)
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim():
+def _glibc():
+    """The C library, for its malloc tuning and statistics; None where it cannot be loaded."""
     import ctypes
+    import ctypes.util
 
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
         return None
 
 
@@ -171,9 +168,8 @@ _MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
 def _mallinfo2():
     import ctypes
 
-    try:
-        function = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    function = getattr(_glibc(), "mallinfo2", None)
+    if function is None:
         return None
 
     class MallInfo2(ctypes.Structure):

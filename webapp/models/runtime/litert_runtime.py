@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...server.memory import allocated_bytes
+from ...server.memory import allocated_bytes, return_freed_memory
 from .base import RuntimeLoadError
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,6 @@ def threads_for(tflite_path: str | os.PathLike, threads: int) -> int:
     MobileNetV2 (4-5 ms) keeps LITERT_THREADS, which halves its latency.
     """
     from ai_edge_litert.interpreter import Interpreter
-
-    from ...server.memory import return_freed_memory
 
     try:
         interpreter = Interpreter(model_path=str(tflite_path), num_threads=1)

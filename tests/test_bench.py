@@ -43,6 +43,10 @@ def test_quick_bench_produces_a_complete_report(tmp_path):
         # Beside it, what a lone client's latency is set against: the model's
         # batch-1 latency back to back and paced, and a frame refused unread.
         assert row["batch1_latency_ms"] > 0 and row["batch1_paced_ms"] > 0 and row["transport_floor_ms"] > 0
+        # The transport's share: server CPU per frame refused before decoding.
+        assert row["transport_cpu_ms_per_frame"] > 0
+        assert row["beyond_transport_ms"] == pytest.approx(row["overhead_ms"] - row["transport_cpu_ms_per_frame"],
+                                                           abs=0.002)
     assert report["model_cpu"]["shapes"]["cpu_ms_per_frame"] > 0
     assert "Server's own cost per 224x224 JPEG frame" in done.stdout
 

@@ -17,6 +17,13 @@ Pillow decode of the frame, a resize to 64x64 and a JSON round trip of an
 answer. It uses plain Pillow, never the server's code, so it does not move
 when the server gets faster: `overhead / reference` compares runs.
 
+The **transport's CPU per frame** is the server CPU per frame, the same way,
+for frames refused before any decoding (`top_k: 0`, the same bytes both
+ways): receiving, parsing and answering a Socket.IO event, with no image and
+no model. `overhead - transport` is then what the frame's own path costs:
+decoding, hand-offs to native threads and back, batching, the answer's
+contents.
+
 Each row also has the p50 latency of a single client against the model's
 batch-1 latency (`raw.batch1_latency_ms`), timed back to back and paced
 (`raw.PACED_PAUSE_MS` between calls, as a lone client's frames arrive), and
@@ -122,6 +129,15 @@ def transport_floor_ms(url: str, model: str, image: bytes, frames: int = 200) ->
     return round(statistics.median(times), 3)
 
 
+def transport_cpu_ms(url: str, pid: int, model: str, image: bytes, duration: float) -> float:
+    """Server CPU per frame refused before any decoding, 8 clients in a closed loop."""
+    from . import load, process
+
+    refused = load.closed_loop(url, model, image, CLIENTS, duration, fields={"top_k": 0},
+                               cpu_probe=lambda: process.tree_cpu_seconds(pid))
+    return round(refused["server_cpu_s"] * 1000.0 / max(1, refused["answered"]), 3)
+
+
 def server_row(url: str, pid: int, image: bytes, model: str, duration: float, model_cost: dict,
                batch1_ms: float | None, batch1_paced_ms: float | None = None) -> dict:
     """One row: 8 clients (server CPU per frame), then 1 client (p50)."""
@@ -131,6 +147,7 @@ def server_row(url: str, pid: int, image: bytes, model: str, duration: float, mo
     loaded = load.closed_loop(url, model, image, CLIENTS, duration, cpu_probe=lambda: process.tree_cpu_seconds(pid))
     single = load.closed_loop(url, model, image, 1, max(1.0, duration / 2))
     floor = transport_floor_ms(url, model, image)
+    transport = transport_cpu_ms(url, pid, model, image, max(1.0, duration / 2))
     server_ms = loaded["server_cpu_s"] * 1000.0 / max(1, loaded["frames"])
     overhead = server_ms - model_cost["cpu_ms_per_frame"]
     return {
@@ -141,6 +158,8 @@ def server_row(url: str, pid: int, image: bytes, model: str, duration: float, mo
         "overhead_ms": round(overhead, 3),
         "reference_ms": reference,
         "overhead_per_reference": round(overhead / reference, 2),
+        "transport_cpu_ms_per_frame": transport,
+        "beyond_transport_ms": round(overhead - transport, 3),
         "single_client_p50": single["p50"],
         "batch1_latency_ms": batch1_ms,
         "single_client_excess_ms": round(single["p50"] - batch1_ms, 2) if batch1_ms and single["p50"] else None,
@@ -155,13 +174,14 @@ def server_row(url: str, pid: int, image: bytes, model: str, duration: float, mo
 def format_rows(rows: list[dict]) -> str:
     lines = ["", "Server's own cost per 224x224 JPEG frame (8 clients, closed loop; CPU from /proc):", "",
              "| mode | server | model | fps | server CPU ms/frame | model CPU ms/frame | overhead ms "
-             "| reference ms | overhead / reference | 1-client p50 ms | batch-1 ms | p50 − batch-1 ms "
+             "| reference ms | overhead / reference | transport CPU ms/frame | overhead − transport ms | 1-client p50 ms | batch-1 ms | p50 − batch-1 ms "
              "| batch-1 paced ms | p50 − paced ms | refused-frame p50 ms | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['server']} | {r['model']} | {r['fps']} | {r['server_cpu_ms_per_frame']} | "
                      f"{r['model_cpu_ms_per_frame']} | **{r['overhead_ms']}** | {r['reference_ms']} | "
-                     f"{r['overhead_per_reference']} | {r['single_client_p50']} | {r['batch1_latency_ms']} | "
+                     f"{r['overhead_per_reference']} | {r.get('transport_cpu_ms_per_frame')} | "
+                     f"{r.get('beyond_transport_ms')} | {r['single_client_p50']} | {r['batch1_latency_ms']} | "
                      f"{r['single_client_excess_ms']} | {r.get('batch1_paced_ms')} | "
                      f"{r.get('single_client_excess_paced_ms')} | {r.get('transport_floor_ms')} | {r['rss_mb']} |")
     return "\n".join(lines)

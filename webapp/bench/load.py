@@ -23,12 +23,15 @@ def _connect(url: str, auth: dict | None = None) -> socketio.Client:
     return client
 
 
-def closed_loop(url: str, model: str, image: bytes, clients: int, duration: float, cpu_probe=None) -> dict:
+def closed_loop(url: str, model: str, image: bytes, clients: int, duration: float, cpu_probe=None,
+                fields: dict | None = None) -> dict:
     """Each client sends its next frame as soon as the previous one is answered.
 
     `cpu_probe()`, if given, returns the server's CPU seconds so far: read when
     the clients start and once they have all stopped (connecting and
-    disconnecting are left out), the difference is `server_cpu_s`."""
+    disconnecting are left out), the difference is `server_cpu_s`. `fields`
+    are added to every frame (`{"top_k": 0}`: every frame refused unread);
+    `answered` counts labels and errors alike."""
     connections = [_connect(url) for _ in range(clients)]
     latencies: list[list[float]] = [[] for _ in range(clients)]
     codes: Counter = Counter()
@@ -36,12 +39,14 @@ def closed_loop(url: str, model: str, image: bytes, clients: int, duration: floa
     start_gate = threading.Barrier(clients + 1)
     stop_at = [0.0]
 
+    frame = {"model": model, "image": image, **(fields or {})}
+
     def run(index: int) -> None:
         sio = connections[index]
         start_gate.wait()
         while time.perf_counter() < stop_at[0]:
             sent = time.perf_counter()
-            answer = sio.call("frame", {"model": model, "image": image}, timeout=60)
+            answer = sio.call("frame", frame, timeout=60)
             if "code" in answer:
                 with lock:
                     codes[answer["code"]] += 1
@@ -62,7 +67,8 @@ def closed_loop(url: str, model: str, image: bytes, clients: int, duration: floa
     for sio in connections:
         sio.disconnect()
     merged = [x for per_client in latencies for x in per_client]
-    return {"clients": clients, "frames": len(merged), "fps": round(len(merged) / elapsed, 2),
+    return {"clients": clients, "frames": len(merged), "answered": len(merged) + sum(codes.values()),
+            "fps": round(len(merged) / elapsed, 2),
             **_percentiles(merged), "superseded": codes.get("superseded", 0),
             "errors": sum(codes.values()) - codes.get("superseded", 0),
             **({"server_cpu_s": round(cpu_used, 3)} if cpu_probe else {})}

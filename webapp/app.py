@@ -60,7 +60,7 @@ def create_app(config: dict | None = None) -> Flask:
     return_freed_memory_to_the_system()
     memory = MemoryWatch(settings)
     memory.announce()
-    concurrency = Concurrency.for_mode(settings["ASYNC_MODE"])
+    concurrency = Concurrency.for_mode(settings["ASYNC_MODE"], settings["FRAME_THREADS"])
     metrics = Metrics()
     cache = DiskCache(settings["MODEL_CACHE_DIR"], int(float(settings["MODEL_CACHE_MAX_MB"]) * 1024 * 1024))
     store = open_store(settings["MODEL_STORE"], cache, settings, on_download=metrics.downloaded)

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     #: beyond the first are built when a model's calls first overlap.
     LITERT_THREADS: Annotated[int, Field(gt=0, le=64)] = 2
     LITERT_INTERPRETERS: Annotated[int, Field(gt=0, le=16)] = 2
+    #: Native threads that run fast models' batches (decoding and the model
+    #: call) under eventlet; slower work uses eventlet's `tpool`. Empty: the
+    #: CPUs this process may use, 2 to 8 (more threads than cores only wait).
+    FRAME_THREADS: Annotated[int, Field(gt=0, le=64)] | None = None
     #: Serve a model's full-integer file (`model.int8.tflite`, made by
     #: `publish --quantize int8`) instead of the float one when it has one.
     SERVE_INT8: bool = True
@@ -228,6 +232,8 @@ def load_config(overrides: dict | None = None) -> dict:
 
     AccessPolicy(settings["PROJECT_TOKENS"], settings["ADMIN_TOKEN"])  # token -> model rules are well formed
     _derive_budgets(settings)
+    if settings["FRAME_THREADS"] is None:
+        settings["FRAME_THREADS"] = max(2, min(8, len(os.sched_getaffinity(0))))
     return settings
 
 

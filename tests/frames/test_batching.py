@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from webapp.server.async_mode import ThreadingConcurrency
 from webapp.errors import BadImage, ModelUnavailable, Superseded
-from webapp.frames.batching import DeferredInput, ModelBatcher
+from webapp.frames.batching import SHORT_CALL_SECONDS, DeferredInput, ModelBatcher
 
 pytestmark = pytest.mark.quick  # in `make test-fast`
 
@@ -221,3 +222,27 @@ def test_calls_never_outnumber_the_interpreters_whoever_runs_them(workers):
     assert len(results) == 200
     assert all(r.output.tolist() == [float(v)] for v, r in results.items() if r is not None)
     assert 1 <= most[0] <= workers
+
+
+@pytest.mark.parametrize("runs_on_caller", [True, False])
+def test_a_model_kept_waiting_for_a_core_is_still_measured_by_its_own_time(runs_on_caller):
+    """Where frames are decoded and which threads run a call are decided on the
+    model's measured time. On busy cores a fast LiteRT call spends most of its
+    wall time waiting (here: sleeping, which uses no CPU, as waiting for a core
+    or the GIL does): measured by the calling thread's CPU it stays fast. A
+    runtime whose own threads do the work (TensorFlow) is measured by the clock."""
+
+    def predict(batch):
+        time.sleep(0.03)
+        return batch.reshape(len(batch), -1)
+
+    batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=8, workers=1,
+                           runs_on_caller=runs_on_caller)
+    for n in range(3):
+        batcher.submit(f"client-{n}", np.zeros((1, 1, 1), np.float32)).wait(10)
+    assert batcher.mean_call_seconds >= 0.03  # the clock saw every wait
+    if runs_on_caller:
+        assert batcher.mean_inference_seconds < 0.005 and batcher.mean_call_cpu_seconds < SHORT_CALL_SECONDS
+    else:
+        assert batcher.mean_inference_seconds >= 0.03 and batcher.mean_call_cpu_seconds >= 0.03
+    batcher.close()

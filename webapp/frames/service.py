@@ -105,8 +105,9 @@ def _top_labels(scores, labels: tuple[str, ...], k: int) -> list[dict]:
 
 
 def _decodes_with_batch(batcher) -> bool:
-    """Whether frames for this model are decoded in its batch's hop: a fast model, once measured."""
-    frame_seconds = getattr(batcher, "mean_frame_seconds", 0.0)
+    """Whether frames for this model are decoded in its batch's hop: a fast model (its own
+    time per frame, decoding left out), once measured."""
+    frame_seconds = getattr(batcher, "mean_inference_seconds", 0.0)
     return 0.0 < frame_seconds * 1000.0 < BATCH_DECODE_BELOW_MS
 
 

@@ -30,8 +30,9 @@ class Batcher(Protocol):
     def close(self) -> None: ...
 
 
-#: Called as make_batcher(name, predict, workers, on_retired) for each loaded version.
-MakeBatcher = Callable[[str, Callable, int, Callable[[], None]], Batcher]
+#: Called as make_batcher(name, predict, workers, on_retired, runs_on_caller=...)
+#: for each loaded version (`runs_on_caller`: see `runtime.base.Runtime`).
+MakeBatcher = Callable[..., Batcher]
 
 
 @dataclass

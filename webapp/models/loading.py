@@ -142,7 +142,8 @@ class LoadingMixin:
             run(return_freed_memory)
             log.info("model %s version %s released", name, spec.version)
 
-        batcher = self._make_batcher(name, runtime.predict, getattr(runtime, "interpreters", 1), release)
+        batcher = self._make_batcher(name, runtime.predict, getattr(runtime, "interpreters", 1), release,
+                                     runs_on_caller=getattr(runtime, "runs_on_caller", False))
         return LoadedModel(spec=spec, runtime=runtime, batcher=batcher, stored=stored)
 
     @staticmethod

@@ -8,7 +8,9 @@ gives those four things the right implementation for the mode:
 
 * eventlet: background tasks are green threads; blocking work goes to
   ``eventlet.tpool``, real OS threads, so the hub keeps answering pings,
-  health checks and other clients' frames while a model runs;
+  health checks and other clients' frames while a model runs; short CPU work
+  of the frame path (`run_short`) goes to a few native threads of its own
+  (`frame_threads`);
 * threading: background tasks are daemon threads; blocking work runs in the
   calling thread, which is already a real thread.
 
@@ -34,6 +36,10 @@ class Concurrency:
     def run_blocking(self, fn: Callable, *args, **kwargs):
         raise NotImplementedError
 
+    def run_short(self, fn: Callable, *args):
+        """`run_blocking` for CPU work measured to take milliseconds (a fast model's batch)."""
+        return self.run_blocking(fn, *args)
+
     def event(self):
         raise NotImplementedError
 
@@ -41,9 +47,9 @@ class Concurrency:
         raise NotImplementedError
 
     @staticmethod
-    def for_mode(mode: str) -> "Concurrency":
+    def for_mode(mode: str, frame_threads: int = 2) -> "Concurrency":
         if mode == "eventlet":
-            return EventletConcurrency()
+            return EventletConcurrency(frame_threads)
         if mode == "threading":
             return ThreadingConcurrency()
         raise ValueError(f"unknown async mode {mode!r}")
@@ -70,20 +76,26 @@ class ThreadingConcurrency(Concurrency):
 class EventletConcurrency(Concurrency):
     mode = "eventlet"
 
-    def __init__(self):
+    def __init__(self, frame_threads: int = 2):
         import eventlet
         import eventlet.green.threading
         import eventlet.tpool
 
+        from .frame_threads import FrameThreads
+
         self._eventlet = eventlet
         self._tpool = eventlet.tpool
         self._event_class = eventlet.green.threading.Event
+        self._frame_threads = FrameThreads(frame_threads)
 
     def spawn(self, fn, *args, **kwargs):
         return self._eventlet.spawn(fn, *args, **kwargs)
 
     def run_blocking(self, fn, *args, **kwargs):
         return self._tpool.execute(fn, *args, **kwargs)
+
+    def run_short(self, fn, *args):
+        return self._frame_threads.run(fn, *args)
 
     def event(self):
         return self._event_class()

@@ -23,6 +23,10 @@ class Runtime(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: `runs_on_caller = True` when a call's work is done on the
+    # calling thread, so that its CPU time measures the call (LiteRT; not
+    # TensorFlow, whose own threads do the work).
+
 
 class RuntimeLoadError(RuntimeError):
     """The model file could not be loaded by this runtime (reason in the message)."""

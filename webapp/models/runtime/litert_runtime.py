@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 class LiteRTRuntime:
     name = "litert"
+    #: The calling thread takes part in every call (XNNPACK's other threads
+    #: only help), so its CPU time is the call's cost (`frames.batching`).
+    runs_on_caller = True
 
     def __init__(self, tflite_path: str | os.PathLike, threads: int = 2, interpreters: int = 2):
         if threads > 1:  # timed before the memory measurement below, which it must not touch

@@ -6,12 +6,17 @@ it reads another process's memory, so it needs root or ptrace rights). It
 writes py-spy's raw samples (collapsed stacks, for flame graphs) and prints
 the share of active samples per part of the server. Samples of threads that
 are waiting (a tpool thread's queue, the hub's `epoll`) are left out: they
-cost no CPU.
+cost no CPU. py-spy also counts a thread waiting for the GIL as active, so
+it prints, beside the shares, the server CPU per frame of each of its
+threads from /proc (`utime + stime`): the event loop (eventlet's main
+thread), the others, and threads that ended during the run (threading mode
+starts one per Socket.IO event).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +32,8 @@ from .run import jpeg, prepare_store, warm
 #: simple-websocket's reader loop is a leaf only inside its blocking `recv`/`select`
 #: (its parsing is in wsproto, deeper frames).
 _WAITING = ("Condition.wait", "Hub.do_poll", "Hub.wait (eventlet/hubs/poll.py", "Event.wait", "_wait_for_tstate_lock",
-            "Base._thread (simple_websocket/ws.py")
+            "Base._thread (simple_websocket/ws.py",
+            "FrameThreads._work (")  # a frame thread's leaf is its queue's C `get`: waiting
 
 #: Work named by the webapp function it runs under, anywhere in the stack.
 _OWNED = (
@@ -95,7 +101,10 @@ def profile(mode: str, seconds: float, out: Path, root: Path | None = None) -> l
                                     "--rate", "250", "--format", "raw", "--nonblocking", "--threads",
                                     "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)
+            threads_before, total_before = thread_cpu(target), process.tree_cpu_seconds(target)
             row = load.closed_loop(url, "shapes", image, 8, seconds)
+            per_thread = _cpu_per_frame(threads_before, thread_cpu(target),
+                                        process.tree_cpu_seconds(target) - total_before, target, row["frames"])
             spy.wait(timeout=seconds + 60)
             if spy.returncode != 0:
                 raise RuntimeError(f"py-spy failed: {spy.stderr.read().decode(errors='replace')[-500:]}")
@@ -107,7 +116,32 @@ def profile(mode: str, seconds: float, out: Path, root: Path | None = None) -> l
     print(f"{mode}: {row['fps']} fps under 8 clients; active samples by part ({raw}):")
     for part, share in shares:
         print(f"  {share:5.1f}%  {part}")
+    print("server CPU per frame by thread (/proc):")
+    for name, ms in per_thread:
+        print(f"  {ms:6.3f} ms  {name}")
     return shares
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each live thread of a process."""
+    tick, found = os.sysconf("SC_CLK_TCK"), {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            found[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return found
+
+
+def _cpu_per_frame(before: dict, after: dict, total: float, pid: int, frames: int) -> list[tuple[str, float]]:
+    """ms per frame: the main thread (eventlet's event loop), each other busy thread, and ended threads."""
+    frames = max(1, frames)
+    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    rows = [("main thread (eventlet: the event loop)", spent.pop(pid, 0.0))]
+    rows += [(f"thread {tid}", cpu) for tid, cpu in sorted(spent.items(), key=lambda item: -item[1]) if cpu > 0]
+    rows.append(("threads that ended during the run", max(0.0, total - sum(cpu for _, cpu in rows))))
+    return [(name, round(cpu * 1000.0 / frames, 3)) for name, cpu in rows]
 
 
 def main(argv=None) -> int:

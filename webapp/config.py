@@ -233,8 +233,21 @@ def load_config(overrides: dict | None = None) -> dict:
     AccessPolicy(settings["PROJECT_TOKENS"], settings["ADMIN_TOKEN"])  # token -> model rules are well formed
     _derive_budgets(settings)
     if settings["FRAME_THREADS"] is None:
-        settings["FRAME_THREADS"] = max(2, min(8, len(os.sched_getaffinity(0))))
+        settings["FRAME_THREADS"] = max(2, min(8, usable_cpus()))
     return settings
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by the container's
+    CPU quota (cgroup v2 `cpu.max`, as Heroku and Docker set it) when there is one."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def _derive_budgets(settings: dict) -> None:

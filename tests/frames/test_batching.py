@@ -224,25 +224,46 @@ def test_calls_never_outnumber_the_interpreters_whoever_runs_them(workers):
     assert 1 <= most[0] <= workers
 
 
+class RecordingConcurrency(ThreadingConcurrency):
+    """Threading mode, noting which threads each model call was sent to."""
+
+    def __init__(self):
+        self.sent_to = []
+
+    def run_short(self, fn, *args):
+        self.sent_to.append("frame threads")
+        return fn(*args)
+
+    def run_blocking(self, fn, *args, **kwargs):
+        self.sent_to.append("tpool")
+        return super().run_blocking(fn, *args, **kwargs)
+
+
 @pytest.mark.parametrize("runs_on_caller", [True, False])
 def test_a_model_kept_waiting_for_a_core_is_still_measured_by_its_own_time(runs_on_caller):
     """Where frames are decoded and which threads run a call are decided on the
     model's measured time. On busy cores a fast LiteRT call spends most of its
     wall time waiting (here: sleeping, which uses no CPU, as waiting for a core
-    or the GIL does): measured by the calling thread's CPU it stays fast. A
-    runtime whose own threads do the work (TensorFlow) is measured by the clock."""
+    or the GIL does): measured by the calling thread's CPU it stays fast, and
+    its calls go to the frame threads once measured. A runtime whose own
+    threads do the work (TensorFlow) is measured by the clock, and its 30 ms
+    calls stay off the frame threads."""
 
     def predict(batch):
         time.sleep(0.03)
         return batch.reshape(len(batch), -1)
 
-    batcher = ModelBatcher("m", predict, ThreadingConcurrency(), max_batch=8, workers=1,
-                           runs_on_caller=runs_on_caller)
-    for n in range(3):
-        batcher.submit(f"client-{n}", np.zeros((1, 1, 1), np.float32)).wait(10)
-    assert batcher.mean_call_seconds >= 0.03  # the clock saw every wait
-    if runs_on_caller:
-        assert batcher.mean_inference_seconds < 0.005 and batcher.mean_call_cpu_seconds < SHORT_CALL_SECONDS
-    else:
-        assert batcher.mean_inference_seconds >= 0.03 and batcher.mean_call_cpu_seconds >= 0.03
-    batcher.close()
+    concurrency = RecordingConcurrency()
+    batcher = ModelBatcher("m", predict, concurrency, max_batch=8, workers=1, runs_on_caller=runs_on_caller)
+    try:
+        for n in range(3):
+            batcher.submit(f"client-{n}", np.zeros((1, 1, 1), np.float32)).wait(10)
+        assert batcher.mean_call_seconds >= 0.03  # the clock saw every wait
+        if runs_on_caller:
+            assert batcher.mean_inference_seconds < 0.005 and batcher.mean_call_cpu_seconds < SHORT_CALL_SECONDS
+            assert concurrency.sent_to == ["tpool", "frame threads", "frame threads"]  # the first is unmeasured
+        else:
+            assert batcher.mean_inference_seconds >= 0.03 and batcher.mean_call_cpu_seconds >= 0.03
+            assert concurrency.sent_to == ["tpool"] * 3
+    finally:
+        batcher.close()

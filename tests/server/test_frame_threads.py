@@ -33,6 +33,16 @@ def square(n):
 def refuse(n):
     raise ValueError(f"no {n}")
 
+class Stop(BaseException):
+    pass
+
+def stop():
+    raise Stop("stopped")
+
+# As many callers as frame threads, 500 calls each way: every answer comes
+# back through the frame threads' wake-up, none through tpool.
+pair = eventlet.GreenPool(2)
+steady = list(pair.imap(lambda n: concurrency.run_short(square, n), range(1000)))
 # 200 green threads at once: each gets its own result, on a native thread.
 pool = eventlet.GreenPool(200)
 answers = list(pool.imap(lambda n: concurrency.run_short(square, n), range(200)))
@@ -45,17 +55,25 @@ def failing(n):
     except ValueError as exc:
         errors.append(str(exc))
 list(pool.imap(failing, range(5)))
+try:
+    concurrency.run_short(stop)
+    stopped = None
+except Stop as exc:
+    stopped = str(exc)
 
 # Both frame threads held: the next call still runs, on tpool, while they wait.
 release = threading.Event()
-holders = [eventlet.spawn(concurrency.run_short, release.wait, 30) for _ in range(2)]
+def hold():
+    return release.wait(30), threading.current_thread().name
+holders = [eventlet.spawn(concurrency.run_short, hold) for _ in range(2)]
 eventlet.sleep(0.2)
 started = time.monotonic()
 value, overflow_thread = concurrency.run_short(square, 7)
 waited = time.monotonic() - started
 release.set()
 held = [holder.wait() for holder in holders]
-print(json.dumps({"results": results, "threads": threads, "errors": sorted(errors),
+print(json.dumps({"steady": [[value, name] for value, name in steady], "results": results, "threads": threads,
+                  "errors": sorted(errors), "stopped": stopped,
                   "overflow": [value, overflow_thread, waited < 5], "held": held}))
 """
 
@@ -64,10 +82,14 @@ def test_green_threads_get_their_own_answers_and_busy_threads_overflow_to_tpool(
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [value for value, _ in report["steady"]] == [n * n for n in range(1000)]
+    assert {name for _, name in report["steady"]} == {"frame-thread-0", "frame-thread-1"}
     assert report["results"] == [n * n for n in range(200)]
-    # Never the event loop's own thread, and at most the two frame threads (or tpool when both were busy).
+    # Never the event loop's own thread: the frame threads, or tpool's while both were busy.
     assert "MainThread" not in report["threads"]
+    assert any(name.startswith("frame-thread-") for name in report["threads"])
     assert report["errors"] == [f"no {n}" for n in range(5)]
+    assert report["stopped"] == "stopped"  # a BaseException reaches its caller too
     value, thread, quick = report["overflow"]
     assert value == 49 and quick and not thread.startswith("frame-thread"), report["overflow"]
-    assert report["held"] == [True, True]
+    assert sorted(report["held"]) == [[True, "frame-thread-0"], [True, "frame-thread-1"]]

@@ -44,7 +44,7 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
     def __init__(self, store: ModelStore, concurrency: Concurrency, settings: dict,
                  cache: DiskCache | None = None, *, make_batcher: MakeBatcher,
                  announce: Announcer = lambda model, payload: None):
-        """`make_batcher(name, predict, workers, on_retired)` builds the queue a
+        """`make_batcher(name, predict, workers, on_retired, runs_on_caller=...)` builds the queue a
         loaded version's frames go through (`webapp.frames.batching`);
         `announce(model, payload)` tells every client using a model (the
         Socket.IO layer). Both are passed in: models know nothing of frames or

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 class LiteRTRuntime:
     name = "litert"
     #: The calling thread takes part in every call (XNNPACK's other threads
-    #: only help), so its CPU time is the call's cost (`frames.batching`).
+    #: only help), so its CPU time measures the call (`frames.batching`): all
+    #: of it with one thread, about its wall time with more.
     runs_on_caller = True
 
     def __init__(self, tflite_path: str | os.PathLike, threads: int = 2, interpreters: int = 2):

@@ -45,7 +45,11 @@ class LiteRTRuntime:
 
     def __init__(self, tflite_path: str | os.PathLike, threads: int = 2, interpreters: int = 2):
         if threads > 1:  # timed before the memory measurement below, which it must not touch
-            threads = threads_for(tflite_path, threads)
+            # Under the measuring lock too: its throwaway interpreter, built
+            # while another model's load is measured, was counted by that
+            # load (a 4 MB model measured 9.6 MB once, loaded beside others).
+            with _MEASURING:
+                threads = threads_for(tflite_path, threads)
         # Measured: the bytes allocated while the interpreters are built
         # (flatbuffer, packed weights, arenas). One load measures at a time:
         # loads in parallel (the warm set at start-up) would each count the

@@ -101,11 +101,18 @@ def tree_cpu_seconds(pid: int) -> float:
     LiteRT and tpool threads count too). Resolution is one clock tick (10 ms):
     measure over thousands of frames.
     """
-    total = 0
-    for current in _tree(pid):
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(stat_cpu_seconds(Path(f"/proc/{current}/stat")) for current in _tree(pid))
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each live thread of a process (`/proc/<pid>/task`)."""
+    return {int(task.name): stat_cpu_seconds(task / "stat") for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
+def stat_cpu_seconds(stat: Path) -> float:
+    """utime + stime from a process's or thread's `stat` file; 0 once it has ended."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14, 15 of stat
+    except (OSError, IndexError, ValueError):
+        return 0.0

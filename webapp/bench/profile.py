@@ -16,7 +16,6 @@ starts one per Socket.IO event).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -101,10 +100,14 @@ def profile(mode: str, seconds: float, out: Path, root: Path | None = None) -> l
                                     "--rate", "250", "--format", "raw", "--nonblocking", "--threads",
                                     "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)
-            threads_before, total_before = thread_cpu(target), process.tree_cpu_seconds(target)
-            row = load.closed_loop(url, "shapes", image, 8, seconds)
-            per_thread = _cpu_per_frame(threads_before, thread_cpu(target),
-                                        process.tree_cpu_seconds(target) - total_before, target, row["frames"])
+            threads = []  # each thread's CPU, read when the load's own CPU probe is read
+
+            def cpu_probe() -> float:
+                threads.append(process.thread_cpu_seconds(target))
+                return process.tree_cpu_seconds(target)
+
+            row = load.closed_loop(url, "shapes", image, 8, seconds, cpu_probe=cpu_probe)
+            per_thread = _cpu_per_frame(threads[0], threads[-1], row["server_cpu_s"], target, row["frames"])
             spy.wait(timeout=seconds + 60)
             if spy.returncode != 0:
                 raise RuntimeError(f"py-spy failed: {spy.stderr.read().decode(errors='replace')[-500:]}")
@@ -120,18 +123,6 @@ def profile(mode: str, seconds: float, out: Path, root: Path | None = None) -> l
     for name, ms in per_thread:
         print(f"  {ms:6.3f} ms  {name}")
     return shares
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each live thread of a process."""
-    tick, found = os.sysconf("SC_CLK_TCK"), {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            found[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            continue  # the thread ended meanwhile
-    return found
 
 
 def _cpu_per_frame(before: dict, after: dict, total: float, pid: int, frames: int) -> list[tuple[str, float]]:

@@ -20,7 +20,9 @@ on) is:
    decoded at a reduced scale (1/2, 1/4 or 1/8, by the decoder's DCT scaling:
    Pillow's draft mode), never below the size the crop needs; this is part of
    the pipeline, not an approximation of it, and is ~10x cheaper than a full
-   decode of a 640x480 frame.
+   decode of a 640x480 frame. A plain JPEG (no EXIF, grey or YCbCr) is
+   decoded by libjpeg-turbo without Pillow (`plain_jpeg`): the same library,
+   settings and scale, so the same pixels, for less CPU.
 6. Values: float32, then the model's ``preprocess`` mode: raw (0-255), unit
    (/255), symmetric (/127.5 - 1), caffe (BGR minus ImageNet means) or torch
    (/255, minus mean, over std, per RGB channel).
@@ -41,6 +43,8 @@ from PIL import Image
 
 from ..errors import BadImage, BadRequest, TooLarge
 from ..models.modelspec import ModelSpec, normalise
+from . import plain_jpeg
+from .plain_jpeg import PlainJpeg
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 _FORMATS = sorted(ACCEPTED_FORMATS)
@@ -102,15 +106,37 @@ def open_image(data: bytes, max_pixels: int, target: tuple[int, int, int] | None
     With `target` (height, width, channels) a JPEG is decoded in draft mode at
     the smallest DCT scale that still covers the target after the crop.
     """
-    return load_image(probe_image(data, max_pixels, target))
+    return load_image(_probe_with_pillow(data, max_pixels, target))
 
 
-def probe_image(data: bytes, max_pixels: int, target: tuple[int, int, int] | None = None) -> Image.Image:
+def probe_image(data: bytes, max_pixels: int,
+                target: tuple[int, int, int] | None = None) -> Image.Image | PlainJpeg:
     """Open and check an image from its header alone; no pixel is decoded yet.
 
     Cheap (tens of microseconds): what `decode_cost` needs to know before the
-    decode memory is reserved.
+    decode memory is reserved. With `target`, a plain JPEG (see `plain_jpeg`)
+    is probed without Pillow and decoded by libjpeg-turbo directly.
     """
+    if target is not None:
+        target_h, target_w = target[0], target[1]
+        plain = plain_jpeg.probe(data, target, max_pixels,
+                                 lambda width, height: draft_size(width, height, target_h, target_w))
+        if plain is not None:
+            _check_size(*plain.encoded, max_pixels)
+            return plain
+    return _probe_with_pillow(data, max_pixels, target)
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise BadImage("The image has no pixels.")
+    if width * height > max_pixels:
+        raise TooLarge(
+            f"The image is {width}x{height} pixels, over the {max_pixels} pixel limit."
+        )
+
+
+def _probe_with_pillow(data: bytes, max_pixels: int, target: tuple[int, int, int] | None) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=_FORMATS)
     except Image.DecompressionBombError as exc:  # over twice Pillow's limit, so over ours
@@ -120,12 +146,7 @@ def probe_image(data: bytes, max_pixels: int, target: tuple[int, int, int] | Non
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImage(f"The image header is unreadable ({exc}).") from None
     width, height = image.size
-    if width <= 0 or height <= 0:
-        raise BadImage("The image has no pixels.")
-    if width * height > max_pixels:
-        raise TooLarge(
-            f"The image is {width}x{height} pixels, over the {max_pixels} pixel limit."
-        )
+    _check_size(width, height, max_pixels)
     image.info["webapp_encoded_size"] = (width, height)
     if target is not None and image.format == "JPEG":
         _draft_for(image, *target)
@@ -162,6 +183,8 @@ def decode_cost(image: Image.Image, target: tuple[int, int] | None = None) -> in
     coefficient of the full-size image while it decodes, whatever the draft
     scale.
     """
+    if isinstance(image, PlainJpeg):
+        return _plain_decode_cost(image, target)
     width, height = image.size
     pixels = width * height
     stored = _STORED_BYTES.get(image.mode, 4)
@@ -176,6 +199,19 @@ def decode_cost(image: Image.Image, target: tuple[int, int] | None = None) -> in
     if image.format == "JPEG" and (image.info.get("progressive") or image.info.get("progression")):
         encoded_w, encoded_h = image.info.get("webapp_encoded_size", image.size)
         cost += encoded_w * encoded_h * len(image.getbands()) * 2
+    return cost
+
+
+def _plain_decode_cost(jpeg: PlainJpeg, target: tuple[int, int] | None) -> int:
+    """`decode_cost` of a plain JPEG: libjpeg-turbo's array (3 or 1 bytes a
+    pixel), Pillow's copy of it (4 or 1), the working copies of the reduced
+    image and, for a progressive file, libjpeg's full-size coefficients."""
+    pixels = jpeg.width * jpeg.height
+    cost = pixels * (2 if jpeg.grey else 7)
+    factor = _reduction(jpeg.width, jpeg.height, *target, transposed=False) if target else 1
+    cost += (jpeg.width // factor + 1) * (jpeg.height // factor + 1) * 4 * _SMALL_IMAGE_COPIES
+    if jpeg.progressive:
+        cost += jpeg.encoded[0] * jpeg.encoded[1] * (1 if jpeg.grey else 3) * 2
     return cost
 
 
@@ -196,8 +232,9 @@ def _reduction(width: int, height: int, target_h: int, target_w: int, transposed
 REDUCING_GAP = 2
 
 
-def _reduce_for(image: Image.Image, target_h: int, target_w: int) -> Image.Image:
-    orientation = image.getexif().get(0x0112, 1)
+def _reduce_for(image: Image.Image, target_h: int, target_w: int, orientation: int | None = None) -> Image.Image:
+    if orientation is None:
+        orientation = image.getexif().get(0x0112, 1)
     factor = _reduction(image.width, image.height, target_h, target_w, orientation in (5, 6, 7, 8))
     if factor < 2:
         return image
@@ -232,6 +269,17 @@ def draft_request(width: int, height: int, target_h: int, target_w: int, transpo
     left, top, right, bottom = centre_crop_box(width, height, target_w, target_h)
     crop_w, crop_h = right - left, bottom - top
     return (-(-width * target_w // crop_w), -(-height * target_h // crop_h))
+
+
+def draft_size(width: int, height: int, target_h: int, target_w: int) -> tuple[int, int]:
+    """The size Pillow's draft mode decodes an upright JPEG at for this target
+    (its rule: the largest of 1/8, 1/4, 1/2 that still covers the request)."""
+    requested = draft_request(width, height, target_h, target_w, False)
+    if requested[0] * 2 > width or requested[1] * 2 > height:
+        return width, height
+    scale = min(width // requested[0], height // requested[1])
+    step = next(s for s in (8, 4, 2, 1) if scale >= s)
+    return (width + step - 1) // step, (height + step - 1) // step
 
 
 def _draft_for(image: Image.Image, target_h: int, target_w: int, channels: int) -> None:
@@ -283,6 +331,22 @@ def to_pixels(image: Image.Image, spec: ModelSpec) -> np.ndarray:
         image = image.transpose(method) if method is not None else image
     else:
         image = reduced
+    return _fit(image, spec)
+
+
+def _plain_pixels(jpeg: PlainJpeg, spec: ModelSpec) -> np.ndarray:
+    """`to_pixels` of a plain JPEG decoded by libjpeg-turbo; the same steps
+    after the decode (it is upright, and grey or RGB already)."""
+    decoded = plain_jpeg.decode(jpeg, spec.channels)
+    if decoded is None:  # Pillow decodes it, or refuses it with the documented error
+        return to_pixels(load_image(_probe_with_pillow(jpeg.data, jpeg.max_pixels,
+                                                    (spec.height, spec.width, spec.channels))), spec)
+    image = Image.fromarray(decoded[:, :, 0] if decoded.shape[2] == 1 else decoded)
+    return _fit(_reduce_for(image, spec.height, spec.width, orientation=1), spec)
+
+
+def _fit(image: Image.Image, spec: ModelSpec) -> np.ndarray:
+    """Colour, centre crop, resize: an upright image -> uint8 array [H, W, C]."""
     image = _to_colour(image, spec.channels)
     box = centre_crop_box(image.width, image.height, spec.width, spec.height)
     if box != (0, 0, image.width, image.height):
@@ -300,8 +364,10 @@ def prepare(data: bytes, spec: ModelSpec, max_pixels: int) -> np.ndarray:
     return model_input(probe_image(data, max_pixels, (spec.height, spec.width, spec.channels)), spec)
 
 
-def model_input(probed: Image.Image, spec: ModelSpec) -> np.ndarray:
+def model_input(probed: Image.Image | PlainJpeg, spec: ModelSpec) -> np.ndarray:
     """A probed image -> float32 model input: the part that decodes pixels."""
+    if isinstance(probed, PlainJpeg):
+        return normalise(_plain_pixels(probed, spec), spec.preprocess)
     return normalise(to_pixels(load_image(probed), spec), spec.preprocess)
 
 

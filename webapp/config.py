@@ -21,6 +21,7 @@ DECODE_MEMORY_MB and MAX_CONNECTIONS. Setting one explicitly wins.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -237,17 +238,35 @@ def load_config(overrides: dict | None = None) -> dict:
     return settings
 
 
-def usable_cpus() -> int:
+#: The container's CPU quota: cgroup v2 ("quota period", or "max"), else v1
+#: (quota and period in two files; -1 for none).
+CPU_MAX_V2 = "/sys/fs/cgroup/cpu.max"
+CPU_QUOTA_V1 = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+
+
+def usable_cpus(cpu_max: str = CPU_MAX_V2, cfs_quota: str = CPU_QUOTA_V1) -> int:
     """The CPUs this process may use: its affinity, capped by the container's
-    CPU quota (cgroup v2 `cpu.max`, as Heroku and Docker set it) when there is one."""
+    CPU quota (cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`, as Docker's
+    `--cpus` sets them) when there is one, rounded up."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cpu_quota(cpu_max, cfs_quota)
+    return min(cpus, max(1, math.ceil(quota))) if quota else cpus
+
+
+def _cpu_quota(cpu_max: str, cfs_quota: str) -> float | None:
+    """CPUs' worth of time per period the quota allows, or None for no quota."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":  # "max": no quota at this level, as for the memory limit
+            return int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return cpus
+    try:
+        quota_us = int(Path(cfs_quota).read_text())
+        period_us = int(Path(cfs_quota).with_name("cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 def _derive_budgets(settings: dict) -> None:

@@ -249,3 +249,23 @@ def test_a_warning_is_logged_when_rss_passes_90_percent_of_the_limit(model_store
         good_frame_answered(proc, token=None)
         assert proc.log().count("over 90% of the") == 1  # once per excursion, not every second
 
+
+
+def test_usable_cpus_follow_the_cgroup_v2_then_v1_quota(tmp_path):
+    """FRAME_THREADS and glibc's heap cap follow the CPUs a container may use
+    (Docker's `--cpus`), not the host's: a quota rounds up to whole CPUs."""
+    import os
+
+    from webapp.config import usable_cpus
+
+    host = len(os.sched_getaffinity(0))
+    v2, v1 = tmp_path / "cpu.max", tmp_path / "cpu.cfs_quota_us"
+    assert usable_cpus(str(v2), str(v1)) == host  # neither file: no quota
+    v2.write_text("50000 100000\n")  # half a CPU
+    assert usable_cpus(str(v2), str(v1)) == 1
+    v2.write_text("max 100000\n")  # no quota at this level: v1 decides
+    v1.write_text("150000\n")
+    (tmp_path / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(str(v2), str(v1)) == min(host, 2)
+    v1.write_text("-1\n")  # cgroup v1's "no quota"
+    assert usable_cpus(str(v2), str(v1)) == host

@@ -37,9 +37,11 @@ _WAITING = ("Condition.wait", "Hub.do_poll", "Hub.wait (eventlet/hubs/poll.py", 
 #: Work named by the webapp function it runs under, anywhere in the stack.
 _OWNED = (
     ("LiteRT invoke", ("Interpreter.invoke",)),
+    ("libjpeg-turbo: plain JPEG decode (plain_jpeg.decode)", ("decode (webapp/frames/plain_jpeg.py",)),
     ("Pillow: decode (load_image)", ("load_image (",)),
-    ("Pillow: reduce, convert, crop, resize (to_pixels)", ("to_pixels (",)),
-    ("Pillow: header (probe_image)", ("probe_image (",)),
+    ("Pillow: reduce, convert, crop, resize (to_pixels, _fit)", ("to_pixels (", "_fit (")),
+    ("Pillow: wrap decoded pixels (fromarray)", ("_plain_pixels (",)),
+    ("header (probe_image)", ("probe_image (",)),
     ("numpy: normalise, stack", ("normalise (", "_stack_and_run (")),
 )
 #: Everything else, named by the innermost frame that matches.

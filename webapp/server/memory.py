@@ -115,8 +115,9 @@ def return_freed_memory_to_the_system() -> bool:
     and RSS ratchets up to threads x largest image. A fixed threshold turns
     that off.
 
-    It also caps glibc's heaps (arenas) at one per core (at least 2) unless
-    `MALLOC_ARENA_MAX` is set: glibc's default of 8 per core gives each native
+    It also caps glibc's heaps (arenas) at one per usable core (at least 2:
+    the affinity, capped by the container's CPU quota, `config.usable_cpus`)
+    unless `MALLOC_ARENA_MAX` is set: glibc's default of 8 per core gives each native
     thread (decoders, interpreters, tpool, XNNPACK) a heap of its own whose
     free pages stay resident. Measured with three int8 MobileNetV2 loaded:
     -8 MB (eventlet), -4 MB (threading). Set before those threads exist.
@@ -128,7 +129,9 @@ def return_freed_memory_to_the_system() -> bool:
     if mallopt is None:
         return False
     if "MALLOC_ARENA_MAX" not in os.environ:
-        mallopt(_M_ARENA_MAX, max(2, os.cpu_count() or 1))
+        from ..config import usable_cpus  # no more threads than these run at once
+
+        mallopt(_M_ARENA_MAX, max(2, usable_cpus()))
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES))
 

@@ -30,7 +30,10 @@ SPECS = [ModelSpec("m", "1", 32, 32, 3, ("a", "b", "c"), "raw", "probabilities")
 #: mutations start from, so the fuzzer reaches deep into each decoder.
 SEEDS = [encode(noise_image(40, 30, seed=1), "JPEG"), encode(noise_image(40, 30, seed=2, mode="RGBA"), "PNG"),
          encode(noise_image(24, 24, seed=3, mode="L"), "PNG"), encode(noise_image(30, 20, seed=4), "GIF"),
-         encode(noise_image(30, 20, seed=5), "BMP"), encode(noise_image(30, 20, seed=6), "WEBP")]
+         encode(noise_image(30, 20, seed=5), "BMP"), encode(noise_image(30, 20, seed=6), "WEBP"),
+         # Plain JPEGs decoded without Pillow (frames/plain_jpeg.py): grey, and progressive.
+         encode(noise_image(40, 30, seed=7, mode="L"), "JPEG"),
+         encode(noise_image(40, 30, seed=8), "JPEG", progressive=True)]
 
 
 @st.composite

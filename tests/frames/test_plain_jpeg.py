@@ -17,7 +17,7 @@ from PIL import Image, ImageFile
 from images import encode, noise_image, shape_image
 from webapp.errors import BadImage, TooLarge
 from webapp.frames.images import decode_cost, model_input, normalise, open_image, probe_image, to_pixels
-from webapp.frames.plain_jpeg import PlainJpeg
+from webapp.frames.plain_jpeg import PlainJpeg, frame_header
 from webapp.models.modelspec import ModelMetadata, ModelSpec
 
 pytestmark = pytest.mark.quick
@@ -49,7 +49,7 @@ def jpeg(width, height, mode="RGB", **params) -> bytes:
         ImageFile.MAXBLOCK = saved
 
 
-@pytest.mark.parametrize("size", [(224, 224), (640, 480), (480, 640), (200, 150), (63, 65), (9, 17), (1, 1),
+@pytest.mark.parametrize("size", [(224, 224), (640, 480), (480, 640), (200, 150), (63, 65), (16, 17), (17, 16),
                                   (3000, 2000)])
 @pytest.mark.parametrize("params", [{"subsampling": 2}, {"subsampling": 0}, {"subsampling": 1},
                                     {"progressive": True}], ids=["420", "444", "422", "progressive"])
@@ -65,6 +65,24 @@ def test_plain_jpegs_give_pillows_pixels_exactly(size, params, mode):
         assert np.array_equal(model_input(probed, model), through_pillow(data, model)), (size, params, mode, model)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (5, 5), (7, 9), (15, 15), (17, 3), (16, 16), (19, 23)])
+def test_tiny_plain_jpegs_give_pillows_pixels_whichever_path_decodes_them(size):
+    """For a few pixels, libjpeg-turbo could reach Pillow's decoded size at a
+    smaller DCT scale than Pillow's, and the bundled versions decode a partial
+    block differently: such frames go through Pillow."""
+    for mode in ("RGB", "L"):
+        data = jpeg(*size, mode=mode)
+        for model in (spec(1, 1), spec(2, 3), spec(8, 8), spec(5, 5)) + ((spec(1, 1, 1),) if mode == "L" else ()):
+            probed = probe_image(data, LIMIT, target(model))
+            assert np.array_equal(model_input(probed, model), through_pillow(data, model)), (size, mode, model)
+
+
+def _with_segment_after_the_frame_header(data: bytes, segment: bytes) -> bytes:
+    sof = data.index(b"\xff\xc0")
+    end = sof + 2 + int.from_bytes(data[sof + 2:sof + 4], "big")
+    return data[:end] + segment + data[end:]
+
+
 def test_frames_the_shortcut_cannot_reproduce_go_through_pillow():
     tall = Image.new("RGB", (20, 40), (0, 0, 255))
     tall.paste((255, 0, 0), (0, 0, 20, 20))  # red top half
@@ -73,12 +91,22 @@ def test_frames_the_shortcut_cannot_reproduce_go_through_pillow():
     rotated = encode(tall, exif=exif, quality=95)
     colour_for_grey_model = jpeg(64, 48)  # luma by Pillow's formula
     png = encode(noise_image(64, 48), "PNG")
-    for data, model in ((rotated, spec(40, 20)), (colour_for_grey_model, spec(16, 16, 1)), (png, spec(16, 16))):
+    # EXIF anywhere before the first scan, even after the frame header
+    exif_segment = b"\xff\xe1" + (len(exif.tobytes()) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + exif.tobytes()
+    late_exif = _with_segment_after_the_frame_header(encode(tall, quality=95), exif_segment)
+    picture = shape_image("circle", size=(160, 120))
+    mpo = io.BytesIO()  # a multi-picture file: Pillow opens it as MPO, without draft mode
+    picture.save(mpo, "MPO", save_all=True, append_images=[picture.rotate(90)])
+    icc = encode(picture, quality=90, icc_profile=b"\0" * 200)
+    cases = ((rotated, spec(40, 20)), (late_exif, spec(40, 20)), (colour_for_grey_model, spec(16, 16, 1)),
+             (png, spec(16, 16)), (mpo.getvalue(), spec(32, 32)), (icc, spec(32, 32)))
+    for data, model in cases:
         probed = probe_image(data, LIMIT, target(model))
         assert not isinstance(probed, PlainJpeg)
         assert np.array_equal(model_input(probed, model), through_pillow(data, model))
-    upright = model_input(probe_image(rotated, LIMIT, (40, 20, 3)), spec(40, 20, preprocess="raw"))
-    assert upright[-5, 10, 0] > 200 and upright[-5, 10, 2] < 60  # red is at the bottom
+    for data in (rotated, late_exif):
+        upright = model_input(probe_image(data, LIMIT, (40, 20, 3)), spec(40, 20, preprocess="raw"))
+        assert upright[-5, 10, 0] > 200 and upright[-5, 10, 2] < 60  # red is at the bottom
 
 
 def _damaged(data: bytes, damage: str) -> bytes:
@@ -88,6 +116,20 @@ def _damaged(data: bytes, damage: str) -> bytes:
         return data[:-400] + b"\xff\xd9" + data[-398:]
     scan = data.index(b"\xff\xda")  # "bad scan": a start-of-scan naming no component
     return data[:scan + 5] + b"\x09" + data[scan + 6:]
+
+
+@pytest.mark.parametrize("damage", ["stray marker", "short JFIF segment"])
+def test_headers_pillow_refuses_are_left_to_pillow(damage):
+    data = jpeg(160, 120)
+    if damage == "stray marker":  # a marker with no length field, which Pillow refuses in a header
+        broken = data[:2] + b"\xff\x01" + data[2:]
+    else:
+        app0 = data.index(b"\xff\xe0")
+        broken = data[:app0] + b"\xff\xe0\x00\x07JFIF\x00" + data[app0 + 18:]
+    model = spec(32, 32)
+    assert frame_header(broken) is None  # not taken for a plain JPEG
+    with pytest.raises(BadImage):  # Pillow refuses it, header or pixels
+        model_input(probe_image(broken, LIMIT, target(model)), model)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "early end", "bad scan"])
@@ -131,3 +173,49 @@ def test_the_decode_memory_estimate_is_never_below_pillows(progressive):
         pillow.info["webapp_encoded_size"] = (1920, 1080)
         assert isinstance(plain, PlainJpeg) and (plain.width, plain.height) == pillow.size
         assert decode_cost(plain, (model.height, model.width)) >= decode_cost(pillow, (model.height, model.width))
+
+
+PEAK = """
+import sys
+from webapp.frames.images import decode_cost, model_input, prepare, probe_image
+from webapp.frames.plain_jpeg import PlainJpeg
+from webapp.models.modelspec import ModelMetadata, ModelSpec
+
+def kb(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0])
+
+path, side = sys.argv[1], int(sys.argv[2])
+model = ModelSpec.build("m", "v", (side, side, 3), 2, ModelMetadata(labels=("a", "b"), preprocess="raw"))
+data = open(path, "rb").read()
+prepare(open(sys.argv[3], "rb").read(), model, 10**9)  # imports and first-use allocations, not counted
+probed = probe_image(data, 10**9, (side, side, 3))
+assert isinstance(probed, PlainJpeg)
+estimate = decode_cost(probed, (side, side))
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) from here
+before = kb("VmRSS")
+model_input(probed, model)
+print(estimate, (kb("VmHWM") - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("size, mode, progressive, side", [
+    ((6000, 6000), "L", False, 32),  # grey for a colour model
+    ((4000, 3000), "RGB", False, 64),
+    ((3000, 2000), "RGB", True, 224),
+    ((1920, 1080), "L", True, 224),
+])
+def test_the_decode_memory_estimate_covers_the_real_peak(tmp_path, size, mode, progressive, side):
+    """The decode budget admits frames by this estimate (`DECODE_MEMORY_MB`):
+    the memory a plain JPEG's decoding really takes, measured as the peak RSS
+    of a process that decodes it, never exceeds it."""
+    import subprocess
+    import sys
+
+    big, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    big.write_bytes(jpeg(*size, mode=mode, progressive=progressive))
+    small.write_bytes(jpeg(320, 240, mode=mode))
+    done = subprocess.run([sys.executable, "-c", PEAK, str(big), str(side), str(small)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    estimate, peak = map(int, done.stdout.split())
+    assert 0 < peak <= estimate, (peak, estimate)

@@ -32,7 +32,7 @@ def test_a_handler_never_waits_for_another_one():
 
 
 def test_finished_threads_take_the_next_handlers_and_the_pool_shrinks_when_idle():
-    pool = HandlerThreads(idle_seconds=0.5, max_idle=3, name="shrinking")
+    pool = HandlerThreads(idle_seconds=3.0, max_idle=3, name="shrinking")
 
     def alive():
         return sum(thread.name.startswith("shrinking-") for thread in threading.enumerate())
@@ -40,7 +40,7 @@ def test_finished_threads_take_the_next_handlers_and_the_pool_shrinks_when_idle(
     release, ran_on = threading.Event(), []
 
     def handler():
-        ran_on.append(threading.get_ident())
+        ran_on.append(threading.current_thread().name)  # names are never reused; idents can be
         release.wait(5)
 
     for _ in range(5):
@@ -52,11 +52,11 @@ def test_finished_threads_take_the_next_handlers_and_the_pool_shrinks_when_idle(
     first = set(ran_on)
     for _ in range(3):  # one after another: each reuses a waiting thread
         done = threading.Event()
-        pool.run(lambda: (ran_on.append(threading.get_ident()), done.set()))
+        pool.run(lambda: (ran_on.append(threading.current_thread().name), done.set()))
         assert done.wait(5)
         wait_until(lambda: pool.idle == 3)
     assert set(ran_on[5:]) <= first
-    wait_until(lambda: pool.idle == 0)  # idle_seconds later every thread has ended
+    wait_until(lambda: pool.idle == 0, seconds=15)  # idle_seconds later every thread has ended
     wait_until(lambda: alive() == 0)
 
 

@@ -120,7 +120,7 @@ def probe_image(data: bytes, max_pixels: int,
     if target is not None:
         target_h, target_w = target[0], target[1]
         plain = plain_jpeg.probe(data, target, max_pixels,
-                                 lambda width, height: draft_size(width, height, target_h, target_w))
+                                 lambda width, height: draft_step(width, height, target_h, target_w))
         if plain is not None:
             _check_size(*plain.encoded, max_pixels)
             return plain
@@ -205,12 +205,13 @@ def decode_cost(image: Image.Image, target: tuple[int, int] | None = None) -> in
 def _plain_decode_cost(jpeg: PlainJpeg, target: tuple[int, int] | None) -> int:
     """`decode_cost` of a plain JPEG: libjpeg-turbo's array (3 or 1 bytes a
     pixel), Pillow's copy of it (4 or 1), the working copies of the reduced
-    image and, for a progressive file, libjpeg's full-size coefficients."""
+    image and, for a progressive or multi-scan file, libjpeg's full-size
+    coefficients."""
     pixels = jpeg.width * jpeg.height
-    cost = pixels * (2 if jpeg.grey else 7)
+    cost = pixels * (2 if jpeg.grey else 8)  # 1 + 1 grey; 3 + 4 RGB, and a byte to spare
     factor = _reduction(jpeg.width, jpeg.height, *target, transposed=False) if target else 1
     cost += (jpeg.width // factor + 1) * (jpeg.height // factor + 1) * 4 * _SMALL_IMAGE_COPIES
-    if jpeg.progressive:
+    if jpeg.buffered:
         cost += jpeg.encoded[0] * jpeg.encoded[1] * (1 if jpeg.grey else 3) * 2
     return cost
 
@@ -271,15 +272,14 @@ def draft_request(width: int, height: int, target_h: int, target_w: int, transpo
     return (-(-width * target_w // crop_w), -(-height * target_h // crop_h))
 
 
-def draft_size(width: int, height: int, target_h: int, target_w: int) -> tuple[int, int]:
-    """The size Pillow's draft mode decodes an upright JPEG at for this target
-    (its rule: the largest of 1/8, 1/4, 1/2 that still covers the request)."""
+def draft_step(width: int, height: int, target_h: int, target_w: int) -> int:
+    """The DCT scale (1/1, 1/2, 1/4, 1/8) Pillow's draft mode decodes an upright
+    JPEG at for this target: its rule, the largest that still covers the request."""
     requested = draft_request(width, height, target_h, target_w, False)
     if requested[0] * 2 > width or requested[1] * 2 > height:
-        return width, height
+        return 1
     scale = min(width // requested[0], height // requested[1])
-    step = next(s for s in (8, 4, 2, 1) if scale >= s)
-    return (width + step - 1) // step, (height + step - 1) // step
+    return next(step for step in (8, 4, 2, 1) if scale >= step)
 
 
 def _draft_for(image: Image.Image, target_h: int, target_w: int, channels: int) -> None:
@@ -336,8 +336,9 @@ def to_pixels(image: Image.Image, spec: ModelSpec) -> np.ndarray:
 
 def _plain_pixels(jpeg: PlainJpeg, spec: ModelSpec) -> np.ndarray:
     """`to_pixels` of a plain JPEG decoded by libjpeg-turbo; the same steps
-    after the decode (it is upright, and grey or RGB already)."""
-    decoded = plain_jpeg.decode(jpeg, spec.channels)
+    after the decode (it is upright; a grey one becomes RGB after any
+    shrinking, as in Pillow's path)."""
+    decoded = plain_jpeg.decode(jpeg)
     if decoded is None:  # Pillow decodes it, or refuses it with the documented error
         return to_pixels(load_image(_probe_with_pillow(jpeg.data, jpeg.max_pixels,
                                                     (spec.height, spec.width, spec.channels))), spec)

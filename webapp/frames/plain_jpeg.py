@@ -35,109 +35,146 @@ import numpy as np
 #: Start-of-frame markers this path decodes: baseline, extended and progressive
 #: Huffman. Lossless, hierarchical and arithmetic-coded JPEGs go to Pillow.
 _SOF_PLAIN = {0xC0: False, 0xC1: False, 0xC2: True}
-#: Every other start-of-frame marker (C4 is DHT, C8 is reserved, CC is DAC).
-_SOF_OTHER = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-#: Markers without a length field.
-_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
-#: How far into the file the header walk looks for the frame header; JPEGs
-#: with longer headers (big ICC profiles, thumbnails) simply use Pillow.
+#: The other segments a plain header may hold: Huffman and quantization
+#: tables, the restart interval, comments. Any other marker (EXIF, Adobe, ICC,
+#: MPF and other application segments, fill bytes, markers Pillow refuses)
+#: leaves the frame to Pillow.
+_TABLES = frozenset({0xC4, 0xDB, 0xDD, 0xFE})
+_APP0, _SOS = 0xE0, 0xDA
+#: A JFIF APP0 segment's length field is 16 (more with a thumbnail); Pillow
+#: refuses shorter ones.
+_JFIF_LENGTH = 16
+#: Smaller images go to Pillow: libjpeg-turbo's scaled decoding of a
+#: partial DCT block differs between the versions bundled with Pillow and
+#: with simplejpeg (measured: 5x5 decoded at 1/4 differs, nothing from 6x6
+#: up, every size to 40 and three subsamplings tried), and such images cost
+#: nothing to decode either way.
+MIN_SIDE = 16
+#: How far into the file the header walk looks for the start of scan; JPEGs
+#: with longer headers simply use Pillow.
 _HEADER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    width: int
+    height: int
+    components: int
+    #: libjpeg keeps every coefficient of the image while it decodes one of
+    #: these: progressive, or baseline in several scans (not interleaved).
+    buffered: bool
 
 
 @dataclass(frozen=True, slots=True)
 class PlainJpeg:
     """A probed plain JPEG: what decoding it will take, nothing decoded yet.
 
-    `width`/`height` are the decoded size (after DCT scaling), as for a Pillow
-    image in draft mode; `encoded` is the size in the file."""
+    `width`/`height` are the decoded size (after DCT scaling by 1/`step`), as
+    for a Pillow image in draft mode; `encoded` is the size in the file."""
 
     data: bytes
     encoded: tuple[int, int]
-    width: int
-    height: int
+    step: int
     grey: bool
-    progressive: bool
+    buffered: bool
     #: The pixel limit it was checked against, for Pillow if it must decode it.
     max_pixels: int
 
     @property
-    def scale(self) -> int:
-        return self.encoded[0] // self.width if self.width else 1
+    def width(self) -> int:
+        return -(-self.encoded[0] // self.step)
+
+    @property
+    def height(self) -> int:
+        return -(-self.encoded[1] // self.step)
 
 
-def frame_header(data: bytes) -> tuple[int, int, int, bool] | None:
-    """(width, height, components, progressive) of a plain JPEG, else None.
+def frame_header(data: bytes) -> FrameHeader | None:
+    """The frame header of a plain JPEG, read up to its first scan, else None.
 
-    None for anything this path leaves to Pillow: not a JPEG, EXIF or Adobe
-    segments, an unusual coding or precision, or a header that does not parse.
+    None for anything this path leaves to Pillow: not a JPEG, any segment but
+    the plain ones (`_TABLES`, a JFIF APP0, one frame header), an unusual
+    coding or precision, or a header that does not parse.
     """
     if data[:2] != b"\xff\xd8":
         return None
     end = min(len(data), _HEADER_BYTES)
-    at = 2
+    at, frame = 2, None
     while at + 4 <= end:
         if data[at] != 0xFF:
             return None
         marker = data[at + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            at += 1
-            continue
-        if marker in _STANDALONE:
-            at += 2
-            continue
         length = (data[at + 2] << 8) | data[at + 3]
-        if length < 2:
-            return None
         body = at + 4
-        if marker == 0xE1 and data[body:body + 6] == b"Exif\x00\x00":
-            return None  # orientation may apply: Pillow reads it
-        if marker == 0xEE and data[body:body + 5] == b"Adobe":
-            return None  # Adobe's colour transform flag: left to Pillow
+        if length < 2 or at + 2 + length > len(data):
+            return None
+        if marker == _SOS:  # the header is complete
+            if frame is None or length < 3:
+                return None
+            width, height, components, progressive = frame
+            return FrameHeader(width, height, components, progressive or data[body] != components)
         if marker in _SOF_PLAIN:
-            if body + 6 > len(data) or data[body] != 8:
+            if frame is not None or length < 8 or data[body] != 8:  # a second frame header, short, not 8-bit
+                return None
+            components = data[body + 5]
+            if components not in (1, 3) or length != 8 + 3 * components:
                 return None
             height = (data[body + 1] << 8) | data[body + 2]
             width = (data[body + 3] << 8) | data[body + 4]
-            components = data[body + 5]
-            if components not in (1, 3) or not width or not height:
+            if width < MIN_SIDE or height < MIN_SIDE:
                 return None
-            return width, height, components, _SOF_PLAIN[marker]
-        if marker in _SOF_OTHER or marker in (0xD9, 0xDA):  # other coding, or no frame header first
+            frame = (width, height, components, _SOF_PLAIN[marker])
+        elif marker == _APP0:
+            if data[body:body + 5] != b"JFIF\x00" or length < _JFIF_LENGTH:
+                return None
+        elif marker not in _TABLES:
             return None
         at += 2 + length
     return None
 
 
-def probe(data: bytes, target: tuple[int, int, int], max_pixels: int, draft_size) -> PlainJpeg | None:
+def probe(data: bytes, target: tuple[int, int, int], max_pixels: int, draft_step) -> PlainJpeg | None:
     """A `PlainJpeg` for `data` decoded for a model input `target` (h, w, c), or None.
 
-    `draft_size(width, height)` is the decoded size Pillow's draft mode
-    would give, so both paths decode at the same scale.
+    `draft_step(width, height)` is the DCT scale (1, 2, 4 or 8) Pillow's draft
+    mode would decode at, so both paths decode alike.
     """
     header = frame_header(data)
     if header is None:
         return None
-    width, height, components, progressive = header
-    grey = components == 1
+    grey = header.components == 1
     if target[2] == 1 and not grey:
         return None  # luma by Pillow's formula, not the JPEG's Y channel
     if target[2] not in (1, 3):
         return None
-    decoded = draft_size(width, height)
-    return PlainJpeg(data, (width, height), decoded[0], decoded[1], grey, progressive, max_pixels)
+    step = draft_step(header.width, header.height)
+    if step > 1 and not _only_scale(header.width, header.height, 8 // step):
+        return None
+    return PlainJpeg(data, (header.width, header.height), step, grey, header.buffered, max_pixels)
 
 
-def decode(jpeg: PlainJpeg, channels: int) -> np.ndarray | None:
-    """uint8 pixels [H, W, C] at the probed scale (C = `channels` for grey
-    models, 3 otherwise), or None where Pillow must decode instead."""
+def _only_scale(width: int, height: int, eighths: int) -> bool:
+    """Whether libjpeg-turbo's scale of `eighths`/8 is the smallest that gives
+    its output size: simplejpeg picks the smallest scale that covers the size
+    asked for, which for a tiny image can be a smaller one than Pillow's."""
+    smaller = eighths - 1
+    return -(-width * smaller // 8) < -(-width * eighths // 8) or \
+        -(-height * smaller // 8) < -(-height * eighths // 8)
+
+
+def decode(jpeg: PlainJpeg) -> np.ndarray | None:
+    """uint8 pixels [H, W, C] at the probed scale, grey (C = 1) or RGB as
+    the file is, or None where Pillow must decode instead."""
     import simplejpeg  # imported on first use: nothing at import time
 
+    scaled = jpeg.step > 1
     try:
-        pixels = simplejpeg.decode_jpeg(jpeg.data, "GRAY" if channels == 1 else "RGB",
-                                        min_width=jpeg.width, min_height=jpeg.height,
-                                        min_factor=jpeg.scale, strict=True)
+        pixels = simplejpeg.decode_jpeg(jpeg.data, "GRAY" if jpeg.grey else "RGB",
+                                        min_width=jpeg.width if scaled else 0,
+                                        min_height=jpeg.height if scaled else 0,
+                                        min_factor=jpeg.step, strict=True)
     except ValueError:
         return None  # corrupt, truncated or merely unusual: Pillow decides
     if pixels.shape[:2] != (jpeg.height, jpeg.width):
-        return None  # a scale Pillow would not choose (tiny images)
+        return None  # cannot happen (`_only_scale`); never serve another scale
     return pixels

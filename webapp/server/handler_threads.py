@@ -16,6 +16,9 @@ hands each handler to `HandlerThreads.run` instead:
 * a thread waits `IDLE_SECONDS` for its next handler, then ends, and at most
   `MAX_IDLE` wait at once: after a burst the pool shrinks back on its own.
 
+With `async_handlers=False`, python-socketio's server-side `call()` (an event
+sent to a client, waiting for its ack) raises; the server never uses it.
+
 `concurrent.futures.ThreadPoolExecutor` does not fit: past `max_workers` it
 queues work (a handler would wait for another client's frame) and it never
 lets an idle thread go.

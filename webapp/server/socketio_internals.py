@@ -72,15 +72,12 @@ def after_connect(server, then: Callable[[str], None]) -> None:
     server._handle_connect = handle_connect_then.__get__(server)
 
 
-def watch_events(server, refuse: Callable[[list], dict | None], emit: Callable[[str, str, dict], None],
-                 run: Callable[..., None] | None = None) -> None:
+def watch_events(server, refuse: Callable[[list], dict | None], emit: Callable[[str, str, dict], None]) -> None:
     """Record `ack_requested()` around every event handler.
 
     `refuse(data)` sees each event's data first; when it returns an answer,
     the handler is not run and the answer goes back as the ack, or, when no
-    ack was requested, as `emit(sid, "error", answer)`. With `run`, for a
-    server built with `async_handlers=False`, the handler goes to `run(fn,
-    *args)` (`handler_threads`) and the caller (the connection's reader) goes on.
+    ack was requested, as `emit(sid, "error", answer)`.
     """
     from socketio import packet
 
@@ -94,12 +91,6 @@ def watch_events(server, refuse: Callable[[list], dict | None], emit: Callable[[
             else:
                 emit(sid, "error", answer)
             return None
-        if run is not None:
-            run(dispatch_with_ack_flag, srv, sid, eio_sid, data, namespace, ack_id)
-            return None
-        return dispatch_with_ack_flag(srv, sid, eio_sid, data, namespace, ack_id)
-
-    def dispatch_with_ack_flag(srv, sid, eio_sid, data, namespace, ack_id):
         token = _ack_requested.set(ack_id is not None)
         try:
             return dispatch(srv, sid, eio_sid, data, namespace, ack_id)

@@ -26,12 +26,11 @@ from .attachment_limit import RefusedAttachments
 
 log = logging.getLogger(__name__)
 
-def watch_events(server, run=None) -> None:
+def watch_events(server) -> None:
     """Note whether each event asked for an ack (see `socketio_internals`), and
     answer events whose binary attachments were refused (`attachment_limit`)
-    without running their handler. `run`: where handlers run, for a server
-    that does not start a thread per event (`server/handler_threads.py`)."""
-    socketio_internals.watch_events(server, _refused_attachments, _emit_to_client, run)
+    without running their handler."""
+    socketio_internals.watch_events(server, _refused_attachments, _emit_to_client)
     # Registered with python-socketio itself rather than through Flask-SocketIO,
     # which builds a Flask request context and opens the cookie session for
     # every event: 6-8 % of the event loop's time per frame, for a handler that

@@ -193,12 +193,10 @@ def decode_cost(image: Image.Image, target: tuple[int, int] | None = None) -> in
         copy += 4
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         copy += 4  # premultiplied copy for an alpha-correct reduction
-    factor = _reduction(width, height, *(target or (1, 1)), transposed=False) if target else 1
-    small = (width // factor + 1) * (height // factor + 1) * 4 * _SMALL_IMAGE_COPIES
+    factor, small = _working_copies(width, height, target)
     cost = pixels * (stored + (copy if factor > 1 else 0)) + small
     if image.format == "JPEG" and (image.info.get("progressive") or image.info.get("progression")):
-        encoded_w, encoded_h = image.info.get("webapp_encoded_size", image.size)
-        cost += encoded_w * encoded_h * len(image.getbands()) * 2
+        cost += _coefficient_bytes(*image.info.get("webapp_encoded_size", image.size), len(image.getbands()))
     return cost
 
 
@@ -209,11 +207,23 @@ def _plain_decode_cost(jpeg: PlainJpeg, target: tuple[int, int] | None) -> int:
     coefficients."""
     pixels = jpeg.width * jpeg.height
     cost = pixels * (2 if jpeg.grey else 8)  # 1 + 1 grey; 3 + 4 RGB, and a byte to spare
-    factor = _reduction(jpeg.width, jpeg.height, *target, transposed=False) if target else 1
-    cost += (jpeg.width // factor + 1) * (jpeg.height // factor + 1) * 4 * _SMALL_IMAGE_COPIES
+    cost += _working_copies(jpeg.width, jpeg.height, target)[1]
     if jpeg.buffered:
-        cost += jpeg.encoded[0] * jpeg.encoded[1] * (1 if jpeg.grey else 3) * 2
+        cost += _coefficient_bytes(*jpeg.encoded, 1 if jpeg.grey else 3)
     return cost
+
+
+def _working_copies(width: int, height: int, target: tuple[int, int] | None) -> tuple[int, int]:
+    """(the integer reduction factor, bytes of the working copies of the reduced
+    image) for a decoded image of this size."""
+    factor = _reduction(width, height, *target, transposed=False) if target else 1
+    return factor, (width // factor + 1) * (height // factor + 1) * 4 * _SMALL_IMAGE_COPIES
+
+
+def _coefficient_bytes(encoded_w: int, encoded_h: int, components: int) -> int:
+    """libjpeg's full-size DCT coefficients (2 bytes each), kept whole while it
+    decodes a progressive or multi-scan file, whatever the draft scale."""
+    return encoded_w * encoded_h * components * 2
 
 
 def _reduction(width: int, height: int, target_h: int, target_w: int, transposed: bool) -> int:

@@ -44,11 +44,14 @@ _APP0, _SOS = 0xE0, 0xDA
 #: A JFIF APP0 segment's length field is 16 (more with a thumbnail); Pillow
 #: refuses shorter ones.
 _JFIF_LENGTH = 16
-#: Smaller images go to Pillow: libjpeg-turbo's scaled decoding of a
-#: partial DCT block differs between the versions bundled with Pillow and
-#: with simplejpeg (measured: 5x5 decoded at 1/4 differs, nothing from 6x6
-#: up, every size to 40 and three subsamplings tried), and such images cost
-#: nothing to decode either way.
+#: Smaller images go to Pillow, and such images cost nothing to decode either
+#: way. Below 8 px, simplejpeg (which picks the smallest scale that covers
+#: the size asked for) could reach Pillow's decoded size at a smaller scale
+#: than Pillow's (3x3 for 2x2: 3/8, not 1/2); from 8 px up every scale gives
+#: a size of its own. And libjpeg-turbo's scaled decoding of a partial DCT
+#: block differs between the versions bundled with Pillow and with
+#: simplejpeg (measured: 5x5 decoded at 1/4 differs, nothing from 6x6 up,
+#: every size to 40 and three subsamplings tried).
 MIN_SIDE = 16
 #: How far into the file the header walk looks for the start of scan; JPEGs
 #: with longer headers simply use Pillow.
@@ -148,18 +151,7 @@ def probe(data: bytes, target: tuple[int, int, int], max_pixels: int, draft_step
     if target[2] not in (1, 3):
         return None
     step = draft_step(header.width, header.height)
-    if step > 1 and not _only_scale(header.width, header.height, 8 // step):
-        return None
     return PlainJpeg(data, (header.width, header.height), step, grey, header.buffered, max_pixels)
-
-
-def _only_scale(width: int, height: int, eighths: int) -> bool:
-    """Whether libjpeg-turbo's scale of `eighths`/8 is the smallest that gives
-    its output size: simplejpeg picks the smallest scale that covers the size
-    asked for, which for a tiny image can be a smaller one than Pillow's."""
-    smaller = eighths - 1
-    return -(-width * smaller // 8) < -(-width * eighths // 8) or \
-        -(-height * smaller // 8) < -(-height * eighths // 8)
 
 
 def decode(jpeg: PlainJpeg) -> np.ndarray | None:
@@ -176,5 +168,5 @@ def decode(jpeg: PlainJpeg) -> np.ndarray | None:
     except ValueError:
         return None  # corrupt, truncated or merely unusual: Pillow decides
     if pixels.shape[:2] != (jpeg.height, jpeg.width):
-        return None  # cannot happen (`_only_scale`); never serve another scale
+        return None  # cannot happen (`MIN_SIDE`); never serve another scale
     return pixels

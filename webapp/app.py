@@ -18,6 +18,7 @@ from .models.registry import ModelRegistry
 from .models.store import open_store
 from .server.async_mode import Concurrency
 from .server.connections import bound_connections
+from .server.handler_threads import HandlerThreads
 from .server.lifecycle import Lifecycle
 from .server import library_internals
 from .server.memory import MemoryWatch, return_freed_memory_to_the_system
@@ -75,6 +76,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["lifecycle"] = Lifecycle(service, socketio, concurrency)
     app.extensions["access"] = AccessPolicy(settings["PROJECT_TOKENS"], settings["ADMIN_TOKEN"])
 
+    threaded = settings["ASYNC_MODE"] == "threading"
     origins = settings["CORS_ORIGINS"]
     # The server's own origin always, plus CORS_ORIGINS ("*": any); see webapp/cors.py.
     origin_policy = app.extensions["origin_policy"] = OriginPolicy(origins)
@@ -87,8 +89,11 @@ def create_app(config: dict | None = None) -> Flask:
         serializer=BoundedPacket,  # refuses events with more binaries than a frame carries
         channel="webapp-socketio",
         max_http_buffer_size=socketio_buffer_limit(settings["MAX_FRAME_BYTES"]),
+        # Threading mode: handlers on kept threads, not a new thread per event
+        # (server/handler_threads.py); green threads cost little to start.
+        async_handlers=not threaded,
     )
-    socketio_events.watch_events(socketio.server)
+    socketio_events.watch_events(socketio.server, run=HandlerThreads().run if threaded else None)
     bound_connections(app, socketio.server, settings)  # message size, MAX_CONNECTIONS, HANDSHAKE_TIMEOUT
     quiet_malformed_packets()
     if origins:

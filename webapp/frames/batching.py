@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 SHORT_CALL_SECONDS = 0.010
 
 
+def overtook(newer: int | None, older: int | None) -> bool:
+    """Whether a frame numbered `newer` was sent after one numbered `older`
+    (frames a transport did not number are taken in the order they come)."""
+    return newer is not None and older is not None and newer > older
+
+
 class BatcherClosed(ModelUnavailable):
     """This version of the model was unloaded or replaced; ask the registry again."""
 
@@ -94,10 +100,12 @@ class DeferredInput:
 class PendingFrame:
     """A submitted frame; `wait()` returns its `FrameResult` or raises."""
 
-    __slots__ = ("tensor", "enqueued", "_event", "_result", "_error", "done")
+    __slots__ = ("tensor", "arrival", "enqueued", "_event", "_result", "_error", "done")
 
-    def __init__(self, tensor: np.ndarray, event=None):
+    def __init__(self, tensor: np.ndarray, event=None, arrival: int | None = None):
         self.tensor = tensor
+        #: The frame's place in its client's sending order, if the transport knows it.
+        self.arrival = arrival
         self.enqueued = time.perf_counter()
         #: Set when answered; None for a frame its caller runs (answered before
         #: anyone waits: an event per frame was ~3 % of the event loop's time).
@@ -171,14 +179,17 @@ class ModelBatcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    def submit(self, client_key, tensor: "np.ndarray | DeferredInput") -> PendingFrame:
+    def submit(self, client_key, tensor: "np.ndarray | DeferredInput", arrival: int | None = None) -> PendingFrame:
         """Queue a frame; `wait()` on the ticket for its result.
 
         If the model is idle, the caller runs the frame before this returns
         (`run_blocking`: inline in threading mode, on a native thread under
-        eventlet), and the ticket is already done.
+        eventlet), and the ticket is already done. A frame whose `arrival`
+        is older than the client's waiting one (it was overtaken on its way
+        here) is answered `superseded` at once, and the waiting one stays.
         """
-        ticket = PendingFrame(tensor)
+        ticket = PendingFrame(tensor, arrival=arrival)
+        overtaken = False
         with self._lock:
             self._last_seen[client_key] = ticket.enqueued
             if self._closed:
@@ -191,10 +202,17 @@ class ModelBatcher:
                 self._calls += 1
                 replaced = None
             else:
-                ticket._event = self._concurrency.event()  # before any worker can see the ticket
-                replaced = self._pending.pop(client_key, None)
-                self._pending[client_key] = ticket
-                self._wake.set()
+                replaced = self._pending.get(client_key)
+                overtaken = replaced is not None and overtook(replaced.arrival, arrival)
+                if overtaken:
+                    replaced = None
+                else:
+                    ticket._event = self._concurrency.event()  # before any worker can see the ticket
+                    self._pending.pop(client_key, None)
+                    self._pending[client_key] = ticket
+                    self._wake.set()
+        if overtaken:
+            ticket.fail(Superseded.by_newer_frame())
         if replaced is not None:
             replaced.fail(Superseded.by_newer_frame())
         if run_here:

@@ -19,7 +19,7 @@ from ..models.modelspec import is_valid_model_name, scores_from_outputs, top_lab
 from ..models.registry import ModelRegistry, StatusListener
 from ..server.async_mode import Concurrency
 from .access import OPEN, Grant
-from .batching import BatcherClosed, DeferredInput
+from .batching import BatcherClosed, DeferredInput, overtook
 from .decode_budget import DecodeBudget
 from .images import decode_cost, model_input, payload_bytes, probe_image
 from .url_fetch import UrlPolicy, fetch
@@ -118,14 +118,18 @@ class _ClientGate:
     is parked, and a newer arrival supersedes the parked one at once. So under
     overload the excess is answered `superseded` on arrival, instead of piling
     up in front of the decoder where latency and memory would grow.
+
+    Frames a transport numbered in sending order (`arrival`) keep that order
+    even when their threads reach the gate the other way round: one older
+    than the newest the lane has seen is superseded at once.
     """
 
-    __slots__ = ("busy", "parked")
+    __slots__ = ("busy", "parked", "newest")
 
     def __init__(self):
         self.busy = False
         self.parked = None  # [event, superseded?] of the frame waiting its turn
-
+        self.newest = None  # the highest `arrival` seen while the lane is in use
 
 class PredictionService:
     def __init__(self, registry: ModelRegistry, concurrency: Concurrency, settings: dict, observers=()):
@@ -186,10 +190,14 @@ class PredictionService:
             with self._gates_lock:
                 self.in_flight -= 1
 
-    def _enter_gate(self, key: tuple) -> None:
+    def _enter_gate(self, key: tuple, arrival: int | None = None) -> None:
         """Wait for this frame's turn in its lane, or raise `Superseded`."""
         with self._gates_lock:
             lane = self._gates.setdefault(key, _ClientGate())
+            if overtook(lane.newest, arrival):
+                raise Superseded.by_newer_frame()  # the lane is busy with a newer frame: no leak
+            if arrival is not None:
+                lane.newest = arrival
             if not lane.busy:
                 lane.busy = True
                 return
@@ -214,11 +222,20 @@ class PredictionService:
             else:
                 del self._gates[key]
 
-    def predict(self, request: FrameRequest, client_key, on_status: StatusListener | None = None) -> dict:
-        """Answer one frame: the `label` object, or raise a `ServingError`."""
+    def predict(self, request: FrameRequest, client_key, on_status: StatusListener | None = None,
+                arrival: int | None = None) -> dict:
+        """Answer one frame: the `label` object, or raise a `ServingError`.
+
+        `arrival`: the frame's place in its client's sending order, a number
+        that grows, when the transport knows it and may hand the client's
+        frames to threads that could overtake each other (threading mode's
+        kept handler threads). A frame overtaken by a newer one of its client
+        and model is answered `superseded`, as a frame replaced while waiting
+        is. Without it, frames count in the order they reach the service.
+        """
         try:
             with self._in_flight():
-                result = self._predict(request, client_key, on_status)
+                result = self._predict(request, client_key, on_status, arrival)
         except ServingError as exc:
             label = self.metric_label(request.model)
             for observer in self.observers:
@@ -233,13 +250,13 @@ class PredictionService:
         store does not have, so random names cannot grow metrics or status."""
         return name if self.registry.known(name) else "unknown"
 
-    def _predict(self, request: FrameRequest, client_key, on_status) -> dict:
+    def _predict(self, request: FrameRequest, client_key, on_status, arrival) -> dict:
         started = time.perf_counter()
         lane = (client_key, request.model)
         with ExitStack() as held:  # decode memory reserved for a frame decoded with its batch
-            self._enter_gate(lane)
+            self._enter_gate(lane, arrival)
             try:
-                loaded, decode_ms, ticket = self._admit(request, client_key, on_status, held)
+                loaded, decode_ms, ticket = self._admit(request, client_key, on_status, held, arrival)
             finally:
                 self._leave_gate(lane)
             result = ticket.wait(RESULT_TIMEOUT)
@@ -263,7 +280,7 @@ class PredictionService:
             "hint": {"interval_ms": loaded.batcher.hint_interval_ms()},
         }
 
-    def _admit(self, request: FrameRequest, client_key, on_status, held: ExitStack):
+    def _admit(self, request: FrameRequest, client_key, on_status, held: ExitStack, arrival=None):
         """Queue the frame for its model: (model, decode ms so far, ticket).
 
         A small image is queued undecoded (`DeferredInput`) and decoded with
@@ -286,7 +303,7 @@ class PredictionService:
                 decode_ms += ms
                 decoded_for = (spec.height, spec.width, spec.channels, spec.preprocess)
             try:
-                ticket = loaded.batcher.submit(client_key, item)
+                ticket = loaded.batcher.submit(client_key, item, arrival)
                 break
             except BatcherClosed:
                 # The model was swapped for a new version or unloaded between

@@ -11,7 +11,10 @@ python-socketio gives handlers neither fact, and the server needs both:
   wraps `Server._handle_event_internal(server, sid, eio_sid, data,
   namespace, id)` to record `ack_requested()` around each handler, and to
   answer events whose attachments were refused without running a handler,
-  sending that ack itself with `Server._send_packet`.
+  sending that ack itself with `Server._send_packet`. It also numbers
+  events as they are read (`arrival()`), before any thread hand-off, so a
+  client's frames keep their order when the handlers run on kept threads
+  (`handler_threads`) that may start them the other way round.
 
 `check()` verifies these signatures at start-up (`library_internals.check`).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import itertools
 from typing import Callable
 
 from .library_internals import require
@@ -27,6 +31,8 @@ from .library_internals import require
 #: Whether the event being handled asked for an ack. A ContextVar is per
 #: thread and per green thread, so concurrent handlers don't mix.
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested", default=False)
+#: The number `watch_events` gave the event being handled, in reading order.
+_arrival: contextvars.ContextVar[int | None] = contextvars.ContextVar("arrival", default=None)
 
 _EXPECTED = {
     "_handle_connect": ["self", "eio_sid", "namespace", "data"],
@@ -59,6 +65,11 @@ def ack_requested() -> bool:
     return _ack_requested.get()
 
 
+def arrival() -> int | None:
+    """The event being handled's number: events read later have higher numbers."""
+    return _arrival.get()
+
+
 def after_connect(server, then: Callable[[str], None]) -> None:
     """Call `then(eio_sid)` after each Socket.IO CONNECT has been handled, accepted or refused."""
     handle_connect = server._handle_connect
@@ -72,16 +83,20 @@ def after_connect(server, then: Callable[[str], None]) -> None:
     server._handle_connect = handle_connect_then.__get__(server)
 
 
-def watch_events(server, refuse: Callable[[list], dict | None], emit: Callable[[str, str, dict], None]) -> None:
-    """Record `ack_requested()` around every event handler.
+def watch_events(server, refuse: Callable[[list], dict | None], emit: Callable[[str, str, dict], None],
+                 run: Callable[..., None] | None = None) -> None:
+    """Record `ack_requested()` and `arrival()` around every event handler.
 
     `refuse(data)` sees each event's data first; when it returns an answer,
     the handler is not run and the answer goes back as the ack, or, when no
-    ack was requested, as `emit(sid, "error", answer)`.
+    ack was requested, as `emit(sid, "error", answer)`. With `run`, for a
+    server built with `async_handlers=False`, the handler goes to `run(fn,
+    *args)` (`handler_threads`) and the caller (the connection's reader) goes on.
     """
     from socketio import packet
 
     dispatch = server._handle_event_internal
+    numbers = itertools.count()  # next() is atomic: one bytecode, under the GIL
 
     def dispatch_recording_ack(srv, sid, eio_sid, data, namespace, ack_id):
         answer = refuse(data)
@@ -91,10 +106,17 @@ def watch_events(server, refuse: Callable[[list], dict | None], emit: Callable[[
             else:
                 emit(sid, "error", answer)
             return None
-        token = _ack_requested.set(ack_id is not None)
+        if run is not None:
+            run(dispatch_with_context, next(numbers), srv, sid, eio_sid, data, namespace, ack_id)
+            return None
+        return dispatch_with_context(next(numbers), srv, sid, eio_sid, data, namespace, ack_id)
+
+    def dispatch_with_context(number, srv, sid, eio_sid, data, namespace, ack_id):
+        tokens = _ack_requested.set(ack_id is not None), _arrival.set(number)
         try:
             return dispatch(srv, sid, eio_sid, data, namespace, ack_id)
         finally:
-            _ack_requested.reset(token)
+            _ack_requested.reset(tokens[0])
+            _arrival.reset(tokens[1])
 
     server._handle_event_internal = dispatch_recording_ack

@@ -26,11 +26,13 @@ from .attachment_limit import RefusedAttachments
 
 log = logging.getLogger(__name__)
 
-def watch_events(server) -> None:
-    """Note whether each event asked for an ack (see `socketio_internals`), and
-    answer events whose binary attachments were refused (`attachment_limit`)
-    without running their handler."""
-    socketio_internals.watch_events(server, _refused_attachments, _emit_to_client)
+def watch_events(server, run=None) -> None:
+    """Note whether each event asked for an ack and its place in the reading
+    order (see `socketio_internals`), and answer events whose binary
+    attachments were refused (`attachment_limit`) without running their
+    handler. `run`: where handlers run, for a server that does not start a
+    thread per event (`server/handler_threads.py`)."""
+    socketio_internals.watch_events(server, _refused_attachments, _emit_to_client, run)
     # Registered with python-socketio itself rather than through Flask-SocketIO,
     # which builds a Flask request context and opens the cookie session for
     # every event: 6-8 % of the event loop's time per frame, for a handler that
@@ -194,7 +196,8 @@ def on_frame(server, sid: str, data=None, *extra):
         _check_rate(app.config, environ)
         frame = FrameRequest.parse(data, service.default_top_k)
         _grant(environ).require(frame.model)
-        result = service.predict(frame, client_key=sid, on_status=_status_emitter(sid))
+        result = service.predict(frame, client_key=sid, on_status=_status_emitter(sid),
+                                 arrival=socketio_internals.arrival())
         _copy_to_monitors(app, result)
         # Joined once the model answered, so unknown names create no rooms; and
         # only the first time (later frames find the client in the room already).

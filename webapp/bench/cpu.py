@@ -8,7 +8,9 @@ depend on the load generator sharing the cores, as fps does.
 
 The **model's own CPU per frame** is a bare LiteRT interpreter (1 thread,
 batch 8) running the same model in a subprocess of its own, timed with
-`time.process_time`. The **overhead** is the difference: what the server adds
+`time.process_time`, for the file the server answered with (`runtime`: the
+int8 file for `litert-int8`, else the float one, as code from before int8
+serves). The **overhead** is the difference: what the server adds
 (decoding, Socket.IO, hand-offs between threads, answers).
 
 This VM's CPU speed drifts by 10% or more within an hour, so each row also
@@ -173,12 +175,12 @@ def server_row(url: str, pid: int, image: bytes, model: str, duration: float, mo
 
 def format_rows(rows: list[dict]) -> str:
     lines = ["", "Server's own cost per 224x224 JPEG frame (8 clients, closed loop; CPU from /proc):", "",
-             "| mode | server | model | fps | server CPU ms/frame | model CPU ms/frame | overhead ms "
+             "| mode | server | model | runtime | fps | server CPU ms/frame | model CPU ms/frame | overhead ms "
              "| reference ms | overhead / reference | transport CPU ms/frame | overhead − transport ms | 1-client p50 ms | batch-1 ms | p50 − batch-1 ms "
              "| batch-1 paced ms | p50 − paced ms | refused-frame p50 ms | RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['server']} | {r['model']} | {r['fps']} | {r['server_cpu_ms_per_frame']} | "
+        lines.append(f"| {r['mode']} | {r['server']} | {r['model']} | {r.get('runtime')} | {r['fps']} | {r['server_cpu_ms_per_frame']} | "
                      f"{r['model_cpu_ms_per_frame']} | **{r['overhead_ms']}** | {r['reference_ms']} | "
                      f"{r['overhead_per_reference']} | {r.get('transport_cpu_ms_per_frame')} | "
                      f"{r.get('beyond_transport_ms')} | {r['single_client_p50']} | {r['batch1_latency_ms']} | "

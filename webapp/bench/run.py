@@ -31,7 +31,8 @@ def jpeg(width: int, height: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def warm(url: str, model: str, image: bytes, auth: dict | None = None) -> None:
+def warm(url: str, model: str, image: bytes, auth: dict | None = None) -> str:
+    """Three frames, so the model is loaded and its interpreters built; the `runtime` that answered."""
     client = socketio.Client()
     client.connect(url, transports=["websocket"], auth=auth, wait_timeout=180)
     for _ in range(3):
@@ -39,6 +40,7 @@ def warm(url: str, model: str, image: bytes, auth: dict | None = None) -> None:
         if "code" in answer:
             raise RuntimeError(f"warm-up frame failed: {answer}")
     client.disconnect()
+    return answer.get("runtime", "")
 
 
 def prepare_store(work: Path, quick: bool, int8: bool = False,
@@ -73,7 +75,7 @@ def run(args) -> int:
     compare = Path(args.compare).resolve() if getattr(args, "compare", None) else None
     report = {"machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
               "command": " ".join(["python -m webapp bench", *sys.argv[2:]]), "quick": quick,
-              "limits": {}, "model_cpu": {}, "cpu": [], "server": [], "naive": [], "overload": [],
+              "limits": {}, "model_cpu": {}, "model_cpu_float": {}, "cpu": [], "server": [], "naive": [], "overload": [],
               "memory": None, "cold_start": None}
     work = Path(tempfile.mkdtemp(prefix="webapp-bench-"))
     try:
@@ -96,6 +98,12 @@ def run(args) -> int:
                                             for t in (1, 2)), 2)
             report["model_cpu"][model] = cpu.model_cpu(tflite, seconds=1.0 if quick else 3.0)
             _say(f"model CPU {model}: {report['model_cpu'][model]}")
+            if compare and tflite.name == "model.int8.tflite" and (store / model / "model.tflite").is_file():
+                # `--compare`'s code may serve the float file (code from before int8
+                # did): its overhead is taken against the file it serves.
+                report["model_cpu_float"][model] = cpu.model_cpu(store / model / "model.tflite",
+                                                                 seconds=1.0 if quick else 3.0)
+                _say(f"model CPU {model}, float file: {report['model_cpu_float'][model]}")
         if getattr(args, "int8", False) and not quick:
             report["compiled"] = _compiled(store, models)
         for mode in modes:
@@ -154,6 +162,7 @@ def _cpu_phase(store, work, mode, models, image, duration, report, batch1, batch
     """
     servers = [("this", None)] + ([("before", compare)] if compare else [])
     started = []
+    served: dict[tuple, str] = {}  # (server, model): the runtime that answered
     try:
         for label, root in servers:
             env = {"MODEL_STORE": str(store), "MODEL_CACHE_DIR": str(work / f"cache-cpu-{mode}-{label}"),
@@ -161,16 +170,20 @@ def _cpu_phase(store, work, mode, models, image, duration, report, batch1, batch
             proc, url = process.start_server(mode, env, work / f"server-cpu-{mode}-{label}.log", root=root)
             started.append((label, proc, url))
             for model in models:
-                warm(url, model, image)
+                served[(label, model)] = warm(url, model, image)
         measured: dict[tuple, list[dict]] = {}
         for _ in range(rounds):
             for model in models:
                 for label, proc, url in started:
                     if label == "before" and model.endswith("-int8"):
                         continue  # older code serves the float file: nothing to compare
-                    row = cpu.server_row(url, proc.pid, image, model, duration, report["model_cpu"][model],
+                    runtime = served[(label, model)]
+                    cost = report["model_cpu"][model]
+                    if runtime != "litert-int8" and model in report["model_cpu_float"]:
+                        cost = report["model_cpu_float"][model]
+                    row = cpu.server_row(url, proc.pid, image, model, duration, cost,
                                          batch1.get(model), batch1_paced.get(model))
-                    row.update(mode=mode, server=label)
+                    row.update(mode=mode, server=label, runtime=runtime)
                     measured.setdefault((label, model), []).append(row)
                     _say(f"cpu {mode} {label} {model}: {row['server_cpu_ms_per_frame']} ms/frame, overhead "
                          f"{row['overhead_ms']} ms ({row['overhead_per_reference']} x reference), {row['fps']} fps")

@@ -32,27 +32,30 @@ pytestmark = pytest.mark.quick
 
 
 class HeldModel:
-    """A 2-label model whose calls wait until `release` is set; `calls` lists each batch's first pixels."""
+    """A 2-label model whose calls (those `hold` picks: all, by default) wait
+    until `release` is set; `calls` lists each batch's frames' mean pixel."""
 
-    def __init__(self):
+    def __init__(self, hold=lambda batch: True):
         self.release, self.called, self.calls = threading.Event(), threading.Semaphore(0), []
+        self.hold = hold
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         self.calls.append([round(float(row.mean()), 2) for row in batch])
-        self.called.release()
-        assert self.release.wait(30), "the test never released the model"
+        if self.hold(batch):
+            self.called.release()
+            assert self.release.wait(30), "the test never released the model"
         return np.tile(np.array([[0.25, 0.75]], np.float32), (len(batch), 1))
 
 
 class OneModel:
     """The registry's part the service uses, for one loaded model."""
 
-    def __init__(self, predict):
+    def __init__(self, predict, workers: int = 1):
         concurrency = ThreadingConcurrency()
         self.loaded = SimpleNamespace(
             spec=ModelSpec(name="held", version="1", height=8, width=8, channels=1,
                            labels=("no", "yes"), preprocess="raw", output="probabilities"),
-            batcher=ModelBatcher("held", predict, concurrency, max_batch=8, workers=1),
+            batcher=ModelBatcher("held", predict, concurrency, max_batch=8, workers=workers),
             runtime=SimpleNamespace(name="held"),
         )
         self.concurrency = concurrency
@@ -80,15 +83,16 @@ def grey_png(shade: int) -> bytes:
 class Sent:
     """One frame answered on a thread of its own, as a handler thread answers it."""
 
-    def __init__(self, service, client: str, frame_id: str, shade: int, arrival: int | None):
+    def __init__(self, service, client: str, frame_id: str, shade: int, arrival: int | None, answered=None):
         self.answer = None
         request = FrameRequest(model="held", image=grey_png(shade), id=frame_id)
-        self._thread = threading.Thread(target=self._send, args=(service, request, client, arrival), daemon=True)
+        self._thread = threading.Thread(target=self._send, args=(service, request, client, arrival, answered),
+                                        daemon=True)
         self._thread.start()
 
-    def _send(self, service, request, client, arrival):
+    def _send(self, service, request, client, arrival, answered):
         try:
-            self.answer = service.predict(request, client_key=client, arrival=arrival)["id"]
+            self.answer = service.predict(request, client_key=client, arrival=arrival, answered=answered)["id"]
         except Superseded as exc:
             self.answer = exc.code
 
@@ -149,3 +153,43 @@ def test_frames_in_order_still_supersede_the_waiting_one(held):
     assert first.result() == "superseded"
     model.release.set()
     assert (other.result(), second.result()) == ("other", "second")
+
+
+def test_an_older_frame_arriving_after_a_newer_one_was_answered_is_superseded(held):
+    """The newer frame ran and was answered before the older one's thread got
+    going: the older one is not run, and no older label follows a newer one."""
+    service, model = held
+    model.release.set()
+    answered: dict = {}
+    assert service.predict(FrameRequest(model="held", image=grey_png(200), id="second"),
+                           client_key="client", arrival=2, answered=answered)["id"] == "second"
+    with pytest.raises(Superseded):
+        service.predict(FrameRequest(model="held", image=grey_png(100), id="first"),
+                        client_key="client", arrival=1, answered=answered)
+    assert model.calls == [[200.0]]
+    assert service.predict(FrameRequest(model="held", image=grey_png(50), id="third"),
+                           client_key="client", arrival=3, answered=answered)["id"] == "third"
+
+
+def test_an_older_frame_finishing_after_a_newer_one_is_answered_superseded():
+    """Frame 1 is held in one interpreter while frame 2 runs in another and
+    is answered: frame 1's late result is not sent."""
+    model = HeldModel(hold=lambda batch: bool((batch <= 100).all()))
+    registry = OneModel(model, workers=3)
+    service = PredictionService(registry, registry.concurrency, load_config({"DEFAULT_MODEL": ""}))
+    answered: dict = {}
+    try:
+        # Another client's frame holds the model's first call, so frame 1 goes
+        # through the queue to a worker and its lane is free for frame 2.
+        other = Sent(service, "other", "other", 50, arrival=None)
+        assert model.called.acquire(timeout=30)
+        older = Sent(service, "client", "first", 100, arrival=1, answered=answered)
+        assert model.called.acquire(timeout=30)
+        newer = Sent(service, "client", "second", 200, arrival=2, answered=answered)
+        assert newer.result() == "second"
+        model.release.set()
+        assert (other.result(), older.result()) == ("other", "superseded")
+        assert sorted(model.calls) == [[50.0], [100.0], [200.0]]  # frame 1 ran: it was overtaken in the model
+    finally:
+        model.release.set()
+        registry.loaded.batcher.close()

@@ -43,6 +43,13 @@ def warm(url: str, model: str, image: bytes, auth: dict | None = None) -> str:
     return answer.get("runtime", "")
 
 
+def _batch1(tflite: Path, paced: bool = False) -> float:
+    """The model's batch-1 latency, best of 1 and 2 threads; `paced`: calls
+    spaced as a lone client's frames arrive (`raw.PACED_PAUSE_MS`)."""
+    pause = raw.PACED_PAUSE_MS if paced else 0.0
+    return round(min(raw.batch1_latency_ms(tflite, t, pause_ms=pause) for t in (1, 2)), 2)
+
+
 def prepare_store(work: Path, quick: bool, int8: bool = False,
                   wanted: list[str] | None = None) -> tuple[Path, list[str], dict]:
     """The demo model, plus MobileNetV2 (and its int8 version) unless quick or not `wanted`."""
@@ -93,16 +100,17 @@ def run(args) -> int:
                 _say(f"raw limit {model}: {report['limits'][model]['best']}")
                 batch1[model] = report["limits"][model]["batch1_latency_ms"]
             else:
-                batch1[model] = round(min(raw.batch1_latency_ms(tflite, t) for t in (1, 2)), 2)
-            batch1_paced[model] = round(min(raw.batch1_latency_ms(tflite, t, pause_ms=raw.PACED_PAUSE_MS)
-                                            for t in (1, 2)), 2)
+                batch1[model] = _batch1(tflite)
+            batch1_paced[model] = _batch1(tflite, paced=True)
             report["model_cpu"][model] = cpu.model_cpu(tflite, seconds=1.0 if quick else 3.0)
             _say(f"model CPU {model}: {report['model_cpu'][model]}")
-            if compare and tflite.name == "model.int8.tflite" and (store / model / "model.tflite").is_file():
-                # `--compare`'s code may serve the float file (code from before int8
-                # did): its overhead is taken against the file it serves.
-                report["model_cpu_float"][model] = cpu.model_cpu(store / model / "model.tflite",
-                                                                 seconds=1.0 if quick else 3.0)
+            if tflite.name == "model.int8.tflite" and (store / model / "model.tflite").is_file():
+                # A server may answer with the float file (`SERVE_INT8=false`, or
+                # `--compare`'s code from before int8): its row is measured against it.
+                float_file = store / model / "model.tflite"
+                report["model_cpu_float"][model] = {
+                    **cpu.model_cpu(float_file, seconds=1.0 if quick else 3.0),
+                    "batch1_latency_ms": _batch1(float_file), "batch1_paced_ms": _batch1(float_file, paced=True)}
                 _say(f"model CPU {model}, float file: {report['model_cpu_float'][model]}")
         if getattr(args, "int8", False) and not quick:
             report["compiled"] = _compiled(store, models)
@@ -178,11 +186,11 @@ def _cpu_phase(store, work, mode, models, image, duration, report, batch1, batch
                     if label == "before" and model.endswith("-int8"):
                         continue  # older code serves the float file: nothing to compare
                     runtime = served[(label, model)]
-                    cost = report["model_cpu"][model]
+                    cost, b1, paced = report["model_cpu"][model], batch1.get(model), batch1_paced.get(model)
                     if runtime != "litert-int8" and model in report["model_cpu_float"]:
                         cost = report["model_cpu_float"][model]
-                    row = cpu.server_row(url, proc.pid, image, model, duration, cost,
-                                         batch1.get(model), batch1_paced.get(model))
+                        b1, paced = cost["batch1_latency_ms"], cost["batch1_paced_ms"]
+                    row = cpu.server_row(url, proc.pid, image, model, duration, cost, b1, paced)
                     row.update(mode=mode, server=label, runtime=runtime)
                     measured.setdefault((label, model), []).append(row)
                     _say(f"cpu {mode} {label} {model}: {row['server_cpu_ms_per_frame']} ms/frame, overhead "

@@ -190,9 +190,11 @@ class PredictionService:
             with self._gates_lock:
                 self.in_flight -= 1
 
-    def _enter_gate(self, key: tuple, arrival: int | None = None) -> None:
+    def _enter_gate(self, key: tuple, arrival: int | None = None, answered: dict | None = None) -> None:
         """Wait for this frame's turn in its lane, or raise `Superseded`."""
         with self._gates_lock:
+            if answered is not None and overtook(answered.get(key[1]), arrival):
+                raise Superseded.by_newer_frame()  # a newer frame was answered already: no lane made
             lane = self._gates.setdefault(key, _ClientGate())
             if overtook(lane.newest, arrival):
                 raise Superseded.by_newer_frame()  # the lane is busy with a newer frame: no leak
@@ -222,20 +224,34 @@ class PredictionService:
             else:
                 del self._gates[key]
 
+    def _note_answer(self, model: str, arrival: int | None, answered: dict | None) -> None:
+        """Record this frame as its client's newest answer for `model`, or raise
+        `Superseded` if a newer one was answered first (it overtook this one)."""
+        if answered is None or arrival is None:
+            return
+        with self._gates_lock:
+            if overtook(answered.get(model), arrival):
+                raise Superseded.by_newer_frame()
+            answered[model] = arrival
+
     def predict(self, request: FrameRequest, client_key, on_status: StatusListener | None = None,
-                arrival: int | None = None) -> dict:
+                arrival: int | None = None, answered: dict | None = None) -> dict:
         """Answer one frame: the `label` object, or raise a `ServingError`.
 
         `arrival`: the frame's place in its client's sending order, a number
         that grows, when the transport knows it and may hand the client's
         frames to threads that could overtake each other (threading mode's
-        kept handler threads). A frame overtaken by a newer one of its client
-        and model is answered `superseded`, as a frame replaced while waiting
-        is. Without it, frames count in the order they reach the service.
+        kept handler threads). `answered`: a dict the transport keeps for the
+        client's connection, where the service notes the newest frame answered
+        per model. A frame overtaken by a newer one of its client and model,
+        on its way to the model's queue or by being answered first, is
+        answered `superseded`, as a frame replaced while waiting is; so a
+        client never gets an older frame's label after a newer one's. Without
+        them, frames count in the order they reach the service.
         """
         try:
             with self._in_flight():
-                result = self._predict(request, client_key, on_status, arrival)
+                result = self._predict(request, client_key, on_status, arrival, answered)
         except ServingError as exc:
             label = self.metric_label(request.model)
             for observer in self.observers:
@@ -250,16 +266,18 @@ class PredictionService:
         store does not have, so random names cannot grow metrics or status."""
         return name if self.registry.known(name) else "unknown"
 
-    def _predict(self, request: FrameRequest, client_key, on_status, arrival) -> dict:
+    def _predict(self, request: FrameRequest, client_key, on_status, arrival, answered) -> dict:
         started = time.perf_counter()
         lane = (client_key, request.model)
         with ExitStack() as held:  # decode memory reserved for a frame decoded with its batch
-            self._enter_gate(lane, arrival)
+            self._enter_gate(lane, arrival, answered)
             try:
                 loaded, decode_ms, ticket = self._admit(request, client_key, on_status, held, arrival)
             finally:
                 self._leave_gate(lane)
             result = ticket.wait(RESULT_TIMEOUT)
+        # Only models that answered are noted: the dict holds at most one number per model the client used.
+        self._note_answer(request.model, arrival, answered)
         decode_ms += result.decode_ms
         spec = loaded.spec
         scores = scores_from_outputs(result.output[None, :], spec)[0]

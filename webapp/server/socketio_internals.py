@@ -12,9 +12,12 @@ python-socketio gives handlers neither fact, and the server needs both:
   namespace, id)` to record `ack_requested()` around each handler, and to
   answer events whose attachments were refused without running a handler,
   sending that ack itself with `Server._send_packet`. It also numbers
-  events as they are read (`arrival()`), before any thread hand-off, so a
-  client's frames keep their order when the handlers run on kept threads
-  (`handler_threads`) that may start them the other way round.
+  events (`arrival()`): in threading mode as they are read, before the
+  hand-off to a kept thread (`handler_threads`) that may start them the
+  other way round, so a client's frames keep their order; under eventlet
+  when python-socketio's green thread for the event starts (nothing yields
+  between that and the frame reaching the service, so the numbers follow
+  the order frames reach it, as before).
 
 `check()` verifies these signatures at start-up (`library_internals.check`).
 """

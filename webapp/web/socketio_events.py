@@ -196,8 +196,10 @@ def on_frame(server, sid: str, data=None, *extra):
         _check_rate(app.config, environ)
         frame = FrameRequest.parse(data, service.default_top_k)
         _grant(environ).require(frame.model)
+        # The connection's environ lives exactly as long as the client: so does its record of answers.
         result = service.predict(frame, client_key=sid, on_status=_status_emitter(sid),
-                                 arrival=socketio_internals.arrival())
+                                 arrival=socketio_internals.arrival(),
+                                 answered=environ.setdefault("webapp.answered", {}))
         _copy_to_monitors(app, result)
         # Joined once the model answered, so unknown names create no rooms; and
         # only the first time (later frames find the client in the room already).

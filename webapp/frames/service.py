@@ -131,6 +131,7 @@ class _ClientGate:
         self.parked = None  # [event, superseded?] of the frame waiting its turn
         self.newest = None  # the highest `arrival` seen while the lane is in use
 
+
 class PredictionService:
     def __init__(self, registry: ModelRegistry, concurrency: Concurrency, settings: dict, observers=()):
         self.registry = registry

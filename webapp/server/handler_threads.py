@@ -21,8 +21,9 @@ A handler handed to an idle thread does not wait for that thread to take it
 so two frames of one client may start in the wrong order. The reader numbers
 each event before the hand-off (`socketio_internals.arrival()`), and the
 service supersedes a frame that reaches its lane or its model's queue after a
-newer one (`PredictionService.predict(arrival=...)`), so the newest frame
-still wins.
+newer one, or is answered after a newer one was
+(`PredictionService.predict(arrival=..., answered=...)`), so the newest frame
+still wins and no older label follows a newer one.
 
 With `async_handlers=False`, python-socketio's server-side `call()` (an event
 sent to a client, waiting for its ack) raises; the server never uses it.

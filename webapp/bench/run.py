@@ -184,7 +184,7 @@ def _cpu_phase(store, work, mode, models, image, duration, report, batch1, batch
             for model in models:
                 for label, proc, url in started:
                     if label == "before" and model.endswith("-int8"):
-                        continue  # older code serves the float file: nothing to compare
+                        continue  # an int8-only model: compared against float in this server's own rows
                     runtime = served[(label, model)]
                     cost, b1, paced = report["model_cpu"][model], batch1.get(model), batch1_paced.get(model)
                     if runtime != "litert-int8" and model in report["model_cpu_float"]:

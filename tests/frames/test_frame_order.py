@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from webapp.config import load_config
-from webapp.errors import Superseded
+from webapp.errors import Superseded, UnknownModel
 from webapp.frames.batching import ModelBatcher
 from webapp.frames.service import FrameRequest, PredictionService
 from webapp.models.modelspec import ModelSpec
@@ -61,6 +61,8 @@ class OneModel:
         self.concurrency = concurrency
 
     def acquire(self, name, on_status=None):
+        if name != "held":
+            raise UnknownModel(f"There is no model called {name!r}.")
         return self.loaded
 
     def known(self, name):
@@ -193,3 +195,19 @@ def test_an_older_frame_finishing_after_a_newer_one_is_answered_superseded():
     finally:
         model.release.set()
         registry.loaded.batcher.close()
+
+
+def test_what_a_connection_remembers_holds_only_models_that_answered(held):
+    """The per-connection record is bounded by the models that answered: a
+    client sending frames for names the store lacks adds nothing to it."""
+    service, model = held
+    model.release.set()
+    answered: dict = {}
+    for number in range(1, 201):
+        with pytest.raises(UnknownModel):
+            service.predict(FrameRequest(model=f"nosuch{number}", image=grey_png(10), id=number),
+                            client_key="client", arrival=number, answered=answered)
+    service.predict(FrameRequest(model="held", image=grey_png(10), id="real"),
+                    client_key="client", arrival=201, answered=answered)
+    assert answered == {"held": 201}
+    assert service._gates == {}  # no lane left behind either

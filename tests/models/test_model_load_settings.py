@@ -5,7 +5,8 @@
   are labelled. The load is made to last for certain by holding the model's
   download in moto (no guess about how long a load takes).
 * `WARM_SET_SIZE`: after a restart, only that many of the most recently used
-  models are loaded again, in the background, without any frame asking.
+  models are loaded again, in the background, without any frame asking; the
+  record behind it forgets deleted models and stays bounded.
 """
 
 from __future__ import annotations
@@ -139,6 +140,49 @@ def test_only_warm_set_size_recent_models_are_loaded_again_after_a_restart(model
         assert listed["tiny"]["loaded"] is False, listed
         assert re.search(r"model binary version \S+ loaded", second.log())  # the line the next check relies on
         assert not re.search(r"model tiny version \S+ loaded", second.log()), second.log()
+
+
+def test_the_warm_set_forgets_deleted_models_and_keeps_a_bounded_record(model_store, tmp_path):
+    """A server run for weeks on a store whose models come and go: the warm set
+    left by earlier runs names a deleted model, models last used a month ago
+    and far more names than any warm set. The deleted one is forgotten without
+    a warning (and never tried again), and the record keeps only the 100 most
+    recently used names of the last 7 days."""
+    from webapp.models.warmset import WARM_SET_RECORDED
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    now = time.time()
+    recorded = {"deleted-model": now,
+                **{f"month-old-{i}": now - 30 * 24 * 3600 for i in range(50)},
+                **{f"earlier-{i:03d}": now - 3600 - i for i in range(2 * WARM_SET_RECORDED)}}
+    warm = cache / "warm.json"
+    warm.write_text(json.dumps(recorded))
+    env = {"MODEL_STORE": str(model_store), "DEFAULT_MODEL": "", "MODEL_CACHE_DIR": str(cache),
+           "MODEL_REFRESH_SECONDS": "1", "WARM_SET_SIZE": "1"}
+    with ServerProcess(env=env, log_dir=tmp_path) as server:
+        server.start()
+        wait_until(lambda: "model deleted-model from the warm set is no longer in the store" in server.log(),
+                   30, lambda: server.log()[-2000:])
+        with server.client() as user:
+            assert user.call("frame", {"model": "tiny", "image": encode(shape_image("circle"))})["labels"]
+        record = wait_until(lambda: (lambda r: r if "tiny" in r else None)(json.loads(warm.read_text())), 30,
+                            lambda: f"the warm set was never recorded again: {server.log()[-2000:]}")
+        assert "deleted-model" not in record
+        assert not any(name.startswith("month-old-") for name in record), sorted(record)[:5]
+        assert len(record) == WARM_SET_RECORDED, len(record)
+        # The most recently used of the earlier names are the ones kept.
+        assert "earlier-000" in record and f"earlier-{2 * WARM_SET_RECORDED - 1}" not in record
+        assert "preloading model deleted-model failed" not in server.log()
+
+    # The next run, with the largest warm set, does not try the deleted model again.
+    (tmp_path / "again").mkdir()
+    with ServerProcess(env={**env, "WARM_SET_SIZE": str(WARM_SET_RECORDED)}, log_dir=tmp_path / "again") as again:
+        again.start()
+        line = wait_until(lambda: re.search(r"warm set from the last run: (.*)", again.log()), 30,
+                          lambda: again.log()[-2000:])
+        assert line.group(1).split(", ")[0] == "tiny", line.group(0)
+        assert "deleted-model" not in again.log()
 
 
 def test_a_model_with_frames_waiting_is_never_unloaded_for_the_bound(model_store, tmp_path):

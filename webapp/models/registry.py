@@ -136,12 +136,19 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
         if warm:
             log.info("warm set from the last run: %s", ", ".join(warm))
         for name in names:
-            self._concurrency.spawn(self._preload_one, name)
+            self._concurrency.spawn(self._preload_one, name, name not in preload)
         self._concurrency.spawn(self._maintenance_loop)
 
-    def _preload_one(self, name: str) -> None:
+    def _preload_one(self, name: str, warm_only: bool = False) -> None:
         try:
             self.acquire(name)
+        except UnknownModel as exc:
+            if not warm_only:
+                log.warning("preloading model %s failed: %s", name, exc.message)
+                return
+            # Deleted from the store (or another store, same cache): expected, not a fault.
+            log.info("model %s from the warm set is no longer in the store; forgotten", name)
+            self._forget_used(name)
         except ServingError as exc:
             log.warning("preloading model %s failed: %s", name, exc.message)
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import time
 
+from .cache import recent
 from .entry import ModelEntry
 
 #: Models used within this many seconds are recorded in the warm set.
 WARM_SET_MAX_AGE = 7 * 24 * 3600.0
+#: The most names the record keeps (in memory and in `warm.json`): the most
+#: recently used, within WARM_SET_MAX_AGE. It is WARM_SET_SIZE's upper bound,
+#: so every setting finds its models there; without it, a store whose models
+#: come and go over weeks would leave every name ever used in the record.
+WARM_SET_RECORDED = 100
 
 
 class WarmSetMixin:
@@ -25,4 +31,13 @@ class WarmSetMixin:
     def _save_warm_set(self) -> None:
         if self.cache is not None and self._used_dirty:
             self._used_dirty = False
-            self._concurrency.run_blocking(self.cache.write_warm_set, dict(self._used))
+            used = dict(self._used)  # a snapshot: frames may touch models meanwhile
+            kept = recent(used, WARM_SET_RECORDED, WARM_SET_MAX_AGE)
+            for name in used.keys() - set(kept):
+                self._used.pop(name, None)
+            self._concurrency.run_blocking(self.cache.write_warm_set, {name: used[name] for name in kept})
+
+    def _forget_used(self, name: str) -> None:
+        """Drop a recorded model the store no longer has: it is not loaded again after restarts."""
+        if self._used.pop(name, None) is not None:
+            self._used_dirty = True

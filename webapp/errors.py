@@ -8,6 +8,8 @@ fits it. Transports map these once; nothing else decides status codes.
 
 from __future__ import annotations
 
+import copy
+
 
 class ServingError(Exception):
     """Base of the error tree. `message` is a human sentence."""
@@ -21,6 +23,17 @@ class ServingError(Exception):
 
     def to_dict(self, frame_id=None) -> dict:
         return {"id": frame_id, "code": self.code, "message": self.message}
+
+    def fresh(self) -> "ServingError":
+        """The same error as a new object: no traceback, no chained errors.
+
+        An error kept to answer later requests (a model that failed to load)
+        is kept and raised as a fresh copy. Raising one object again and
+        again would add each raise's stack to its traceback, and with the
+        stack every local it holds (a frame's image), for as long as the
+        error is kept.
+        """
+        return copy.copy(self)  # an exception's copy takes its args and attributes, not its traceback
 
 
 class BadRequest(ServingError):
@@ -41,6 +54,11 @@ class UnknownModel(ServingError):
 
 class ModelUnavailable(ServingError):
     code, http_status = "model_unavailable", 503
+
+
+class BrokenVersion(ModelUnavailable):
+    """A model version whose files cannot be served (not an outage): it is
+    not fetched or loaded again until the store has another version."""
 
 
 class Superseded(ServingError):

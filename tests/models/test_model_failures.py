@@ -1,9 +1,13 @@
 """A broken version is tried once: not downloaded or converted again until the
 store has another one, one `failed` notice for it, and the version before it
-keeps serving. S3 is moto's server, counted."""
+keeps serving. S3 is moto's server, counted. Frames sent to a model that
+cannot be served leave nothing behind."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +16,7 @@ import pytest
 
 import modelfactory as mf
 from images import encode, noise_image
-from serverproc import ROOT, ServerProcess
+from serverproc import ROOT, ServerProcess, rss_bytes
 
 PREFIX = "projects"
 REFRESH = 1.0
@@ -76,3 +80,29 @@ def test_a_broken_new_version_is_fetched_and_converted_once_and_the_old_one_keep
         assert log.count("failed to load, still serving") == 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "threading"])
+def test_frames_for_a_model_that_cannot_be_served_leave_nothing_behind(tmp_path, mode):
+    """A client that keeps sending frames to a model that cannot be served gets
+    `model_unavailable` for each, and the server keeps none of them. (The
+    error kept for the model used to be raised again for each frame, and its
+    traceback grew by each frame's stack, image included: 3 MB a frame.)"""
+    store = tmp_path / "store"
+    shutil.copytree(ROOT / "models" / "shapes", store / "misdescribed")
+    (store / "misdescribed" / "model.json").write_text(json.dumps({"preprocess": "no-such-mode"}))
+    payload = os.urandom(3 * 1024 * 1024)  # never decoded: the model fails first
+    env = {"MODEL_STORE": str(store), "DEFAULT_MODEL": "", "MODEL_CACHE_DIR": str(tmp_path / "cache")}
+    with ServerProcess(mode, env=env, log_dir=tmp_path) as server:
+        server.start()
+        with server.client() as sio:
+            first = sio.call("frame", {"model": "misdescribed", "image": payload})
+            assert first["code"] == "model_unavailable" and "invalid metadata" in first["message"], first
+            before = rss_bytes(server.serving_pid)
+            for index in range(60):
+                answer = sio.call("frame", {"id": index, "model": "misdescribed", "image": payload})
+                assert answer["code"] == "model_unavailable", answer
+            grown = rss_bytes(server.serving_pid) - before
+            # The server still answers the same client.
+            assert sio.call("models")["models"] is not None
+    assert grown < 40 * 1024 * 1024, f"{grown / 2**20:.1f} MB kept after 60 refused frames of 3 MB"

@@ -20,7 +20,7 @@ import requests
 
 import modelfactory as mf
 from images import encode, noise_image
-from serverproc import ROOT, ServerProcess
+from serverproc import ROOT, ServerProcess, rss_bytes
 
 MODELS = ("wide", "narrow", "convs")
 
@@ -49,11 +49,6 @@ def store(tmp_path_factory) -> Path:
         outputs = model.outputs[0].shape[-1]
         (folder / "labels.txt").write_text("".join(f"c{i}\n" for i in range(outputs)))
     return root
-
-
-def rss_bytes(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) * 1024
 
 
 def load(server: ServerProcess, name: str, ready: threading.Barrier | None = None) -> None:

@@ -30,7 +30,7 @@ import requests
 import socketio
 
 from images import encode, shape_image
-from serverproc import Client, ServerProcess
+from serverproc import Client, ServerProcess, rss_bytes
 from webapp.bench.hostile import ws_frame  # masked client frames, as the hostile bench sends them
 
 TOKENS = {"token-a": ["shapes"]}
@@ -81,13 +81,6 @@ def crowded(request, model_store, tmp_path_factory):
 
 
 # ---- helpers -------------------------------------------------------------------
-
-
-def rss_bytes(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def threads(pid: int) -> int:

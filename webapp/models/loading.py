@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from ..errors import ModelUnavailable, ServingError, UnknownModel
+from ..errors import BrokenVersion, ModelUnavailable, ServingError, UnknownModel
 from ..server.memory import return_freed_memory
 from .entry import LoadedModel, ModelEntry
 from .modelspec import MetadataError, ModelSpec
@@ -41,7 +41,7 @@ class LoadingMixin:
         try:
             stored = self._find(entry.name)
             if stored.fingerprint == entry.broken_fingerprint:
-                raise entry.broken_error  # the same broken files: nothing to try again
+                raise entry.broken_error.fresh()  # the same broken files: nothing to try again
             loaded = self._build(entry, stored, report=True)
         except ServingError as exc:
             self._fail(entry, exc)
@@ -67,7 +67,7 @@ class LoadingMixin:
 
     def _fail(self, entry: ModelEntry, error: ServingError) -> None:
         with self._lock:
-            entry.error = error
+            entry.error = error.fresh()  # kept for later requests without this load's stack
             entry.loading = False
             entry.loading_key = None
             entry.failures += 1
@@ -118,7 +118,7 @@ class LoadingMixin:
             converted_dir = self.cache.converted_dir(files) if self.cache is not None else None
             runtime = run(load_runtime, files, self._settings, converted_dir)
         except RuntimeLoadError as exc:
-            raise self._broken(entry, stored, ModelUnavailable(f"Model '{name}' cannot be served: {exc}")) from None
+            raise self._broken(entry, stored, BrokenVersion(f"Model '{name}' cannot be served: {exc}")) from None
         if self.cache is not None:  # a conversion just written counts within MODEL_CACHE_MAX_MB
             run(self.cache.make_room, 0, self.protected_cache_keys())
         try:
@@ -130,9 +130,9 @@ class LoadingMixin:
         except BaseException as exc:
             run(runtime.close)  # a version that will never serve must not hold its memory
             if isinstance(exc, MetadataError):
-                raise self._broken(entry, stored, ModelUnavailable(f"Model '{name}' cannot be served: {exc}")) from None
+                raise self._broken(entry, stored, BrokenVersion(f"Model '{name}' cannot be served: {exc}")) from None
             if isinstance(exc, Exception):
-                raise self._broken(entry, stored, ModelUnavailable(
+                raise self._broken(entry, stored, BrokenVersion(
                     f"Model '{name}' cannot be served: its warm-up call failed: "
                     f"{type(exc).__name__}: {str(exc)[:300]}")) from None
             raise
@@ -147,10 +147,10 @@ class LoadingMixin:
         return LoadedModel(spec=spec, runtime=runtime, batcher=batcher, stored=stored)
 
     @staticmethod
-    def _broken(entry: ModelEntry, stored: StoredModel, error: ServingError) -> ServingError:
+    def _broken(entry: ModelEntry, stored: StoredModel, error: BrokenVersion) -> BrokenVersion:
         """Remember that this version's files cannot be served (not a network
         or disk failure: those are tried again). Returns `error` to raise."""
-        entry.broken_fingerprint, entry.broken_error = stored.fingerprint, error
+        entry.broken_fingerprint, entry.broken_error = stored.fingerprint, error.fresh()
         return error
 
     def _fetch(self, entry: ModelEntry, stored: StoredModel, report: bool):
@@ -180,7 +180,7 @@ class LoadingMixin:
         except StoreUnavailable as exc:
             raise ModelUnavailable(f"Model '{entry.name}' could not be downloaded: {exc}") from None
         except MetadataError as exc:
-            raise self._broken(entry, stored, ModelUnavailable(
+            raise self._broken(entry, stored, BrokenVersion(
                 f"Model '{entry.name}' has invalid metadata: {exc}")) from None
         except OSError as exc:  # e.g. a full disk in the cache directory
             raise ModelUnavailable(f"Model '{entry.name}' could not be stored locally: {exc.strerror or exc}") from None

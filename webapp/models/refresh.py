@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..errors import ServingError
+from ..errors import BrokenVersion, ServingError
 from .entry import ModelEntry
 from .store import PublishInProgress, StoreUnavailable
 
@@ -68,7 +68,7 @@ class RefreshMixin:
             try:
                 fresh = self._build(entry, stored, report=False, key_attr="refresh_key")
             except ServingError as exc:
-                if exc is not entry.broken_error:  # the store or the disk, not the files: tried again
+                if not isinstance(exc, BrokenVersion):  # the store or the disk, not the files: tried again
                     log.warning("model %s: new version %s could not be loaded now, still serving %s: %s",
                                 entry.name, stored.version, current.spec.version, exc.message)
                     return

@@ -90,7 +90,7 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
             if entry is None:
                 entry = self._entries[name] = ModelEntry(name)
             if entry.state == "failed" and not entry.loading and time.monotonic() < entry.retry_at:
-                raise entry.error
+                raise entry.error.fresh()
             if on_status is not None:
                 entry.listeners.append(on_status)
             if not entry.loading:
@@ -110,7 +110,9 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
             return entry.current
         if not finished:
             raise ModelUnavailable(f"Model '{name}' is still loading; try again shortly.")
-        raise entry.error or ModelUnavailable(f"Model '{name}' could not be loaded.")
+        if entry.error is not None:
+            raise entry.error.fresh()
+        raise ModelUnavailable(f"Model '{name}' could not be loaded.")
 
     # -- which names exist -----------------------------------------------------
 

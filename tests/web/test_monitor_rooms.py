@@ -34,3 +34,23 @@ def test_a_monitor_sees_every_prediction_or_only_its_models(server):
             assert {"model", "version", "runtime", "labels", "timing", "process"} <= set(copy), copy
             assert copy["labels"] == answer["labels"] and copy["version"] == answer["version"]
         assert user.drain("prediction") == []  # not a monitor: no copies
+
+
+def test_a_connection_watches_a_bounded_number_of_monitor_rooms(server):
+    """Rooms last as long as the connection: names that cannot be models are
+    refused, and past the cap a clear error, while the rooms already joined
+    keep receiving copies and the connection stays open."""
+    from webapp.web.socketio_events import MONITOR_ROOMS_PER_CONNECTION
+
+    with server.client() as watcher, server.client() as user:
+        refused = watcher.call("monitor", {"model": "x" * 100_000})
+        assert refused["code"] == "unknown_model" and len(refused["message"]) < 200, refused["code"]
+        assert watcher.call("monitor", {"model": "tiny"})["room"] == "monitor:tiny"
+        for index in range(MONITOR_ROOMS_PER_CONNECTION - 1):
+            assert watcher.call("monitor", {"model": f"room-{index}"})["room"] == f"monitor:room-{index}"
+        over = watcher.call("monitor", {"model": "one-too-many"})
+        assert over["code"] == "bad_request" and str(MONITOR_ROOMS_PER_CONNECTION) in over["message"], over
+        assert watcher.call("monitor", {"model": "tiny"})["room"] == "monitor:tiny"  # joined already: fine
+        answer = user.call("frame", {"model": "tiny", "image": encode(shape_image("circle", seed=3))})
+        assert "labels" in answer, answer
+        assert watcher.next("prediction", timeout=30)["model"] == "tiny"

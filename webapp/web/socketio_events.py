@@ -16,10 +16,11 @@ import time
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError  # Socket.IO's own, not the builtin OSError
 
-from ..errors import BadRequest, RateLimited, ServingError, Unauthorized
+from ..errors import BadRequest, RateLimited, ServingError, Unauthorized, UnknownModel
 from ..extensions import socketio
 from ..frames.access import OPEN, Grant
 from ..frames.service import PredictionService, FrameRequest, safe_frame_id
+from ..models.modelspec import is_valid_model_name
 from ..server import socketio_internals
 from ..server.connections import OVER_CAPACITY
 from .attachment_limit import RefusedAttachments
@@ -84,6 +85,10 @@ def announce_to_model_users(model: str, payload: dict) -> None:
 
 #: Identifies this process in monitor copies (several processes share a queue).
 PROCESS_ID = f"{_socket.gethostname()}:{os.getpid()}"
+
+
+#: Monitor rooms one connection may be in (each model's, and the one for all).
+MONITOR_ROOMS_PER_CONNECTION = 16
 
 
 def monitor_room(model: str | None = None) -> str:
@@ -230,13 +235,23 @@ def on_models(*_args):
 
 @socketio.on("monitor")
 def on_monitor(data=None, *_):
-    """Join the monitor room: every prediction (of one model, or of all), live."""
+    """Join the monitor room: every prediction (of one model, or of all), live.
+
+    A connection's rooms last as long as it does, so it may watch at most
+    MONITOR_ROOMS_PER_CONNECTION of them, each named by a valid model name.
+    """
     model = data.get("model") if isinstance(data, dict) else None
     if model is not None and not isinstance(model, str):
         return _reply("error", BadRequest("'model' must be a string.").to_dict())
     if current_app.extensions["access"].enabled and not _grant().admin:
         return _reply("error", Unauthorized("The monitor room needs the admin token.").to_dict())
+    if model and not is_valid_model_name(model):
+        return _reply("error", UnknownModel(f"There is no model called {model[:80]!r}.").to_dict())
     room = monitor_room(model)
+    watching = [joined for joined in socketio.server.rooms(request.sid) if joined.startswith(monitor_room())]
+    if room not in watching and len(watching) >= MONITOR_ROOMS_PER_CONNECTION:
+        return _reply("error", BadRequest(
+            f"A connection may watch at most {MONITOR_ROOMS_PER_CONNECTION} monitor rooms.").to_dict())
     socketio.server.enter_room(request.sid, room)
     return _reply("monitoring", {"room": room, "process": PROCESS_ID})
 

@@ -267,3 +267,42 @@ def test_a_model_kept_waiting_for_a_core_is_still_measured_by_its_own_time(runs_
             assert concurrency.sent_to == ["tpool"] * 3
     finally:
         batcher.close()
+
+
+def test_frames_that_all_fail_leave_no_record_of_their_clients(monkeypatch):
+    """Every HTTP request is a client of its own; if every one's image fails
+    (so no answer ever asks for the load hint), what the model's queue keeps
+    about them must not grow with the requests. (The load hint counts the
+    clients of the last 2 s; here that window is made 0 s, so that every
+    client has left it by the next sweep.)"""
+    import gc
+    import tracemalloc
+
+    monkeypatch.setattr("webapp.frames.batching.HINT_WINDOW_SECONDS", 0.0)
+
+    def refuse():
+        raise BadImage("not an image")
+
+    batcher = ModelBatcher("m", lambda batch: batch.reshape(len(batch), -1)[:, :2], ThreadingConcurrency(),
+                           max_batch=8, workers=1)
+
+    def send(count: int, first: int) -> None:
+        refused = 0
+        for index in range(first, first + count):
+            try:
+                batcher.submit(f"http-{index:08d}", DeferredInput(refuse)).wait(10)
+            except BadImage:
+                refused += 1
+        assert refused == count
+
+    send(1000, 0)  # the queue's own structures, warmed up
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        send(20_000, 1000)
+        gc.collect()  # a failed frame's exception and stack are a cycle: garbage, not kept
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 20,000 distinct clients, each remembered, kept 2.4 MB.
+    assert kept < 200_000, f"{kept} bytes kept after 20,000 failed frames from distinct clients"

@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 #: Model calls (a batch, with its decoding) measured shorter than this on
 #: average run on the frame path's own native threads (`Concurrency.run_short`).
 SHORT_CALL_SECONDS = 0.010
+#: The load hint counts the clients that sent a frame in this many seconds.
+HINT_WINDOW_SECONDS = 2.0
+#: The record of those clients is swept when it grows past this (and past
+#: twice its size after the last sweep).
+FORGET_CLIENTS_AT = 256
 
 
 def overtook(newer: int | None, older: int | None) -> bool:
@@ -170,7 +175,10 @@ class ModelBatcher:
         self.mean_call_cpu_seconds = 0.0
         self.mean_inference_seconds = 0.0
         self.calls = 0
+        #: When each client last sent a frame (the load hint's count of active
+        #: clients); clients idle for HINT_WINDOW_SECONDS are forgotten.
         self._last_seen: dict[object, float] = {}
+        self._forget_at = FORGET_CLIENTS_AT
         self._failure_logged = False
         #: Model calls that raised or answered with the wrong shape (their frames got an error).
         self.failed_calls = 0
@@ -192,6 +200,10 @@ class ModelBatcher:
         overtaken = False
         with self._lock:
             self._last_seen[client_key] = ticket.enqueued
+            if len(self._last_seen) > self._forget_at:
+                # Here too, not only when an answer asks for the hint: frames that
+                # all fail (every HTTP request its own client) must not pile up.
+                self._forget_idle_clients(ticket.enqueued)
             if self._closed:
                 raise BatcherClosed(f"Model '{self.name}' was unloaded; send the frame again.")
             if not self._workers:
@@ -224,20 +236,25 @@ class ModelBatcher:
                 self._call_finished()
         return ticket
 
-    def hint_interval_ms(self, window: float = 2.0) -> int:
+    def hint_interval_ms(self) -> int:
         """How often each client should send so that frames do not queue.
 
         The model can answer about `workers / mean_frame_seconds` frames a
         second (measured, at the batch sizes it actually sees); shared by the
-        clients active in the last `window` seconds, each gets its share.
+        clients active in the last HINT_WINDOW_SECONDS, each gets its share.
         """
-        now = time.perf_counter()
         with self._lock:
-            for key in [k for k, seen in self._last_seen.items() if now - seen > window]:
-                del self._last_seen[key]
+            self._forget_idle_clients(time.perf_counter())
             active = max(1, len(self._last_seen))
         share = active * self.mean_frame_seconds / self._workers_wanted
         return max(1, round(1000.0 * max(share, self.mean_call_seconds) * 1.1))
+
+    def _forget_idle_clients(self, now: float) -> None:
+        """Under `_lock`: drop clients idle for HINT_WINDOW_SECONDS. Next time
+        when the record has doubled, so the cost per frame stays constant."""
+        for key in [k for k, seen in self._last_seen.items() if now - seen > HINT_WINDOW_SECONDS]:
+            del self._last_seen[key]
+        self._forget_at = max(FORGET_CLIENTS_AT, 2 * len(self._last_seen))
 
     @property
     def retired(self) -> bool:

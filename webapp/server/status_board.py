@@ -2,9 +2,10 @@
 latency percentiles, recent errors, models, memory; and the feed that sends
 it to the `monitor` room once a second.
 
-Bounded: at most 4096 recent answers per model and 20 recent errors; models
-are those the registry knows (metric-style label sets never grow with what
-clients send).
+Bounded: per model, a count for each of the last WINDOW_SECONDS seconds and
+at most LATENCY_SAMPLES latencies, only while it is loaded or was answered in
+that window; 20 recent errors. Models are those the registry knows
+(metric-style label sets never grow with what clients send).
 """
 
 from __future__ import annotations
@@ -16,38 +17,80 @@ import time
 
 log = logging.getLogger(__name__)
 
+#: Seconds of answers that fps and latency are measured over.
+WINDOW_SECONDS = 5.0
+#: The newest latencies kept per model within that window (percentiles of these).
+LATENCY_SAMPLES = 4096
+
+
+class _Recent:
+    """One model's answers in the last WINDOW_SECONDS: a count per second, and
+    the newest latencies. Counts, not one timestamp per answer, so fps is right
+    at any rate (4096 timestamps over 5 s read at most 819 fps)."""
+
+    __slots__ = ("seconds", "latencies")
+
+    def __init__(self):
+        self.seconds: collections.deque = collections.deque()  # [whole second, answers in it]
+        self.latencies: collections.deque = collections.deque(maxlen=LATENCY_SAMPLES)  # (time, total ms)
+
+    def add(self, now: float, total_ms: float | None) -> None:
+        second = math.floor(now)
+        if self.seconds and self.seconds[-1][0] == second:
+            self.seconds[-1][1] += 1
+        else:
+            self.seconds.append([second, 1])
+        if total_ms is not None:
+            self.latencies.append((now, total_ms))
+
+    def forget_before(self, start: float) -> bool:
+        """Drop what is older than `start`; whether anything is left."""
+        while self.seconds and self.seconds[0][0] + 1 <= start:
+            self.seconds.popleft()
+        while self.latencies and self.latencies[0][0] < start:
+            self.latencies.popleft()
+        return bool(self.seconds or self.latencies)
+
+    def answers_since(self, start: float) -> float:
+        """Answers after `start`; the second it falls in counted pro rata."""
+        total = 0.0
+        for second, count in tuple(self.seconds):  # a copy: handler threads append meanwhile
+            total += count * min(1.0, max(0.0, second + 1 - start))
+        return total
+
 
 class StatusBoard:
     """Recent activity of this process: fps per model, recent errors."""
 
-    def __init__(self, registry, cache, metrics, process_id: str, memory=None):
+    def __init__(self, registry, cache, metrics, process_id: str, memory=None, clock=time.monotonic):
         self._registry, self._cache, self._metrics, self._memory = registry, cache, metrics, memory
         self.process_id = process_id
-        self._answers: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=4096))
-        #: (monotonic time, total ms) of recent answers per model, for the latency percentiles.
-        self._latencies: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=4096))
+        self._clock = clock
+        self._recent: dict[str, _Recent] = {}
         self.recent_errors: collections.deque = collections.deque(maxlen=20)
 
     def answered(self, model: str, timing: dict | None = None) -> None:
-        now = time.monotonic()
-        self._answers[model].append(now)
-        if timing and timing.get("total_ms") is not None:
-            self._latencies[model].append((now, float(timing["total_ms"])))
+        total_ms = timing.get("total_ms") if timing else None
+        recent = self._recent.get(model)
+        if recent is None:
+            recent = self._recent.setdefault(model, _Recent())
+        recent.add(self._clock(), None if total_ms is None else float(total_ms))
 
     def failed(self, model: str, code: str, message: str) -> None:
         if code != "superseded":
             self.recent_errors.appendleft({"at": time.time(), "model": model, "code": code, "message": message})
 
-    def fps(self, model: str, window: float = 5.0) -> float:
-        now = time.monotonic()
-        recent = [t for t in self._answers.get(model, ()) if now - t <= window]
-        return round(len(recent) / window, 2)
+    def fps(self, model: str) -> float:
+        recent = self._recent.get(model)
+        if recent is None:
+            return 0.0
+        return round(recent.answers_since(self._clock() - WINDOW_SECONDS) / WINDOW_SECONDS, 2)
 
-    def latency(self, model: str, window: float = 5.0) -> dict | None:
-        """Server-side time per answer (`timing.total_ms`) over the last `window`
-        seconds: {"p50", "p95", "count"}, or None when nothing was answered."""
-        now = time.monotonic()
-        recent = sorted(ms for t, ms in self._latencies.get(model, ()) if now - t <= window)
+    def latency(self, model: str) -> dict | None:
+        """Server-side time per answer (`timing.total_ms`) over the last
+        WINDOW_SECONDS: {"p50", "p95", "count"}, or None when nothing was answered."""
+        start = self._clock() - WINDOW_SECONDS
+        recent = sorted(ms for t, ms in tuple(getattr(self._recent.get(model), "latencies", ())) if t >= start)
         if not recent:
             return None
 
@@ -58,8 +101,9 @@ class StatusBoard:
 
     def snapshot(self) -> dict:
         loaded = self._registry.loaded_models()
+        self._forget_idle(set(loaded))
         models = []
-        for name in sorted(set(loaded) | set(self._answers)):
+        for name in sorted(set(loaded) | set(self._recent)):
             model = loaded.get(name)
             models.append({
                 "name": name, **self._registry.state_of(name),
@@ -78,6 +122,16 @@ class StatusBoard:
             # limit, RSS and budgets; reading it also warns when RSS nears the limit
             "memory": self._memory.snapshot() if self._memory else None,
         }
+
+
+    def _forget_idle(self, loaded: set) -> None:
+        """Drop answers older than the window, and the models left with none
+        that are not loaded: a model answered once stays on the board only
+        while it is loaded or busy."""
+        start = self._clock() - WINDOW_SECONDS
+        for name, recent in list(self._recent.items()):
+            if not recent.forget_before(start) and name not in loaded:
+                self._recent.pop(name, None)
 
 
 def start_status_feed(socketio, board: StatusBoard, concurrency, interval: float = 1.0) -> None:

@@ -327,3 +327,30 @@ def test_redis_going_away(tmp_path, mode):
         server.stop()
         redis_server.kill()
     assert "revalidating model shapes" in server.log()
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "threading"])
+def test_listings_asked_for_while_s3_stalls_are_bounded(s3, keras_files, tmp_path, mode):
+    """While S3 stalls, each model listing waits for its timeouts. Listings
+    count in flight with the frames (`MAX_WAITING_FRAMES`): past the bound a
+    `models` ask is answered `overloaded` at once, instead of holding a thread
+    (or green thread) of its own until S3 gives up; those let through end with
+    `model_unavailable`, and the connection stays usable."""
+    bucket = s3.new_bucket()
+    upload(s3, bucket, "alpha", keras_files["small"])
+    settings = {**s3.server_env(bucket, PREFIX), "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+                "DEFAULT_MODEL": "alpha", "MAX_WAITING_FRAMES": "4", "MODEL_LIST_TTL": "0",
+                "S3_CONNECT_TIMEOUT": "1", "S3_READ_TIMEOUT": "3", "S3_MAX_ATTEMPTS": "1"}
+    with ServerProcess(mode, env=settings, log_dir=tmp_path) as server:
+        server.start()
+        server.wait_ready()
+        s3.faults[f"/{bucket}"] = "stall"  # every listing of the bucket: half an answer, then nothing
+        with server.client() as client:
+            for _ in range(40):
+                client.emit("models")
+            codes = [client.next("error", timeout=60)["code"] for _ in range(40)]
+            # The ones over the bound were answered before any stalled listing gave up.
+            assert codes[:36] == ["overloaded"] * 36, codes
+            assert codes[36:] == ["model_unavailable"] * 4, codes
+            del s3.faults[f"/{bucket}"]
+            assert "alpha" in {m["name"] for m in client.call("models", timeout=60)["models"]}

@@ -177,7 +177,7 @@ class PredictionService:
 
     @contextmanager
     def _in_flight(self):
-        """Count one frame (or fetch) in flight; `overloaded` past the bound or while draining."""
+        """Count one frame (or fetch, or listing) in flight; `overloaded` past the bound or while draining."""
         with self._gates_lock:
             self.in_flight += 1
             busy = self.in_flight
@@ -348,8 +348,14 @@ class PredictionService:
             return tensor, (time.perf_counter() - decode_started) * 1000.0
 
     def list_models(self, grant: Grant = OPEN) -> dict:
-        """The store's models that `grant` may use."""
-        models = self.concurrency.run_blocking(self.registry.list_models)
+        """The store's models that `grant` may use.
+
+        Counted in flight with the frames: while the store stalls, each
+        listing waits for its timeouts, and without the bound one client
+        asking again and again would hold a thread (or green thread) per ask.
+        """
+        with self._in_flight():
+            models = self.concurrency.run_blocking(self.registry.list_models)
         return {"models": [m for m in models if grant.allows(m["name"])]}
 
     def describe(self, name: str) -> dict:

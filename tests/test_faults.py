@@ -331,26 +331,32 @@ def test_redis_going_away(tmp_path, mode):
 
 @pytest.mark.parametrize("mode", ["eventlet", "threading"])
 def test_listings_asked_for_while_s3_stalls_are_bounded(s3, keras_files, tmp_path, mode):
-    """While S3 stalls, each model listing waits for its timeouts. Listings
-    count in flight with the frames (`MAX_WAITING_FRAMES`): past the bound a
-    `models` ask is answered `overloaded` at once, instead of holding a thread
-    (or green thread) of its own until S3 gives up; those let through end with
-    `model_unavailable`, and the connection stays usable."""
+    """While S3 stalls, each model listing waits for its timeouts. At most
+    `LISTINGS_AT_ONCE` run at once: past that a `models` ask is answered
+    `overloaded` at once, instead of holding a thread (or green thread) of its
+    own until S3 gives up; those let through end with `model_unavailable`, the
+    connection stays usable, and frames are answered meanwhile."""
+    from webapp.frames.service import LISTINGS_AT_ONCE
+
     bucket = s3.new_bucket()
     upload(s3, bucket, "alpha", keras_files["small"])
     settings = {**s3.server_env(bucket, PREFIX), "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-                "DEFAULT_MODEL": "alpha", "MAX_WAITING_FRAMES": "4", "MODEL_LIST_TTL": "0",
+                "DEFAULT_MODEL": "alpha", "MODEL_LIST_TTL": "0",
                 "S3_CONNECT_TIMEOUT": "1", "S3_READ_TIMEOUT": "3", "S3_MAX_ATTEMPTS": "1"}
     with ServerProcess(mode, env=settings, log_dir=tmp_path) as server:
         server.start()
         server.wait_ready()
         s3.faults[f"/{bucket}"] = "stall"  # every listing of the bucket: half an answer, then nothing
         with server.client() as client:
-            for _ in range(40):
+            asks = LISTINGS_AT_ONCE + 30
+            for _ in range(asks):
                 client.emit("models")
-            codes = [client.next("error", timeout=60)["code"] for _ in range(40)]
+            # Listings do not take the frames' places: the loaded model answers meanwhile.
+            with server.client() as other:
+                assert "labels" in other.call("frame", frame("alpha"), timeout=30)
+            codes = [client.next("error", timeout=60)["code"] for _ in range(asks)]
             # The ones over the bound were answered before any stalled listing gave up.
-            assert codes[:36] == ["overloaded"] * 36, codes
-            assert codes[36:] == ["model_unavailable"] * 4, codes
+            assert codes[:30] == ["overloaded"] * 30, codes
+            assert codes[30:] == ["model_unavailable"] * LISTINGS_AT_ONCE, codes
             del s3.faults[f"/{bucket}"]
             assert "alpha" in {m["name"] for m in client.call("models", timeout=60)["models"]}

@@ -8,6 +8,7 @@ import tracemalloc
 
 from webapp.server.status_board import LATENCY_SAMPLES, WINDOW_SECONDS, StatusBoard
 
+
 class Clock:
     def __init__(self, now: float = 10_000.0):
         self.now = now

@@ -41,6 +41,8 @@ BATCH_DECODE_PIXELS = 640 * 480
 #: keeps both cores busy: measured with MobileNetV2 (~5 ms), decoding in the
 #: batch's hop cost 5-30% of fps at 8 clients.
 BATCH_DECODE_BELOW_MS = 2.0
+#: Model listings (`models`, `GET /api/models`, the index page) that may run at once.
+LISTINGS_AT_ONCE = 8
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class PredictionService:
                                     float(settings["URL_FETCH_TIMEOUT"]))
         self.max_url_fetches = int(settings["URL_FETCH_CONCURRENCY"])
         self.url_fetches = 0
+        self.listings = 0  # model listings running (`list_models`)
         self.decode_budget = DecodeBudget(int(float(settings["DECODE_MEMORY_MB"]) * 1024 * 1024), concurrency)
 
     def fetch_url(self, url) -> bytes:
@@ -177,7 +180,7 @@ class PredictionService:
 
     @contextmanager
     def _in_flight(self):
-        """Count one frame (or fetch, or listing) in flight; `overloaded` past the bound or while draining."""
+        """Count one frame (or fetch) in flight; `overloaded` past the bound or while draining."""
         with self._gates_lock:
             self.in_flight += 1
             busy = self.in_flight
@@ -350,12 +353,21 @@ class PredictionService:
     def list_models(self, grant: Grant = OPEN) -> dict:
         """The store's models that `grant` may use.
 
-        Counted in flight with the frames: while the store stalls, each
-        listing waits for its timeouts, and without the bound one client
-        asking again and again would hold a thread (or green thread) per ask.
+        At most LISTINGS_AT_ONCE run at once, `overloaded` past that: while
+        the store stalls each listing waits for its timeouts, and one client
+        asking again and again would otherwise hold a thread (or green
+        thread) per ask. A bound of their own, so that listings never take
+        the frames' places (`MAX_WAITING_FRAMES`).
         """
-        with self._in_flight():
+        with self._gates_lock:
+            if self.listings >= LISTINGS_AT_ONCE:
+                raise Overloaded("The server is listing the model store for too many requests; try again shortly.")
+            self.listings += 1
+        try:
             models = self.concurrency.run_blocking(self.registry.list_models)
+        finally:
+            with self._gates_lock:
+                self.listings -= 1
         return {"models": [m for m in models if grant.allows(m["name"])]}
 
     def describe(self, name: str) -> dict:

@@ -32,7 +32,7 @@ from .names import UNKNOWN_RELIST_SECONDS, StoreNames
 from .refresh import RefreshMixin
 from .residency import ResidencyMixin
 from .store import ModelStore, StoreUnavailable
-from .warmset import WARM_SET_MAX_AGE, WarmSetMixin
+from .warmset import WARM_SET_MAX_AGE, WarmSetMixin, kept_in_record
 
 log = logging.getLogger("webapp.models.registry")
 
@@ -63,7 +63,7 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
         self._pinned = {settings.get("DEFAULT_MODEL") or ""}
         self._entries: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()  # never held across a yield
-        self._used: dict[str, float] = cache.read_warm_set() if cache else {}
+        self._used: dict[str, float] = kept_in_record(cache.read_warm_set()) if cache else {}
         self._used_dirty = False
         #: The store's model names, so unknown ones cost no store call.
         self._names = StoreNames(store, concurrency, self._load_timeout)

@@ -17,6 +17,11 @@ WARM_SET_MAX_AGE = 7 * 24 * 3600.0
 WARM_SET_RECORDED = 100
 
 
+def kept_in_record(used: dict[str, float]) -> dict[str, float]:
+    """The part of a warm-set record that is kept: WARM_SET_RECORDED names, used within WARM_SET_MAX_AGE."""
+    return {name: used[name] for name in recent(used, WARM_SET_RECORDED, WARM_SET_MAX_AGE)}
+
+
 class WarmSetMixin:
     """Part of `ModelRegistry` (its `_used` times and cache): the warm set."""
 
@@ -32,10 +37,12 @@ class WarmSetMixin:
         if self.cache is not None and self._used_dirty:
             self._used_dirty = False
             used = dict(self._used)  # a snapshot: frames may touch models meanwhile
-            kept = recent(used, WARM_SET_RECORDED, WARM_SET_MAX_AGE)
-            for name in used.keys() - set(kept):
-                self._used.pop(name, None)
-            self._concurrency.run_blocking(self.cache.write_warm_set, {name: used[name] for name in kept})
+            kept = kept_in_record(used)
+            for name in used.keys() - kept.keys():
+                with self._lock:  # `_touch` may be recording a fresh use of it right now
+                    if self._used.get(name) == used[name]:
+                        del self._used[name]
+            self._concurrency.run_blocking(self.cache.write_warm_set, kept)
 
     def _forget_used(self, name: str) -> None:
         """Drop a recorded model the store no longer has: it is not loaded again after restarts."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class _Recent:
     __slots__ = ("seconds", "latencies")
 
     def __init__(self):
-        self.seconds: collections.deque = collections.deque()  # [whole second, answers in it]
+        # [whole second, answers in it]; one more than the window's seconds, whoever prunes it.
+        self.seconds: collections.deque = collections.deque(maxlen=math.ceil(WINDOW_SECONDS) + 1)
         self.latencies: collections.deque = collections.deque(maxlen=LATENCY_SAMPLES)  # (time, total ms)
 
     def add(self, now: float, total_ms: float | None) -> None:
@@ -54,7 +56,7 @@ class _Recent:
     def answers_since(self, start: float) -> float:
         """Answers after `start`; the second it falls in counted pro rata."""
         total = 0.0
-        for second, count in tuple(self.seconds):  # a copy: handler threads append meanwhile
+        for second, count in self.seconds:
             total += count * min(1.0, max(0.0, second + 1 - start))
         return total
 
@@ -67,30 +69,34 @@ class StatusBoard:
         self.process_id = process_id
         self._clock = clock
         self._recent: dict[str, _Recent] = {}
+        #: Handler threads answer while the feed reads (threading mode); never held across a yield.
+        self._lock = threading.Lock()
         self.recent_errors: collections.deque = collections.deque(maxlen=20)
 
     def answered(self, model: str, timing: dict | None = None) -> None:
         total_ms = timing.get("total_ms") if timing else None
-        recent = self._recent.get(model)
-        if recent is None:
-            recent = self._recent.setdefault(model, _Recent())
-        recent.add(self._clock(), None if total_ms is None else float(total_ms))
+        with self._lock:
+            recent = self._recent.get(model)
+            if recent is None:
+                recent = self._recent[model] = _Recent()
+            recent.add(self._clock(), None if total_ms is None else float(total_ms))
 
     def failed(self, model: str, code: str, message: str) -> None:
         if code != "superseded":
             self.recent_errors.appendleft({"at": time.time(), "model": model, "code": code, "message": message})
 
     def fps(self, model: str) -> float:
-        recent = self._recent.get(model)
-        if recent is None:
-            return 0.0
-        return round(recent.answers_since(self._clock() - WINDOW_SECONDS) / WINDOW_SECONDS, 2)
+        with self._lock:
+            recent = self._recent.get(model)
+            answers = recent.answers_since(self._clock() - WINDOW_SECONDS) if recent is not None else 0.0
+        return round(answers / WINDOW_SECONDS, 2)
 
     def latency(self, model: str) -> dict | None:
         """Server-side time per answer (`timing.total_ms`) over the last
         WINDOW_SECONDS: {"p50", "p95", "count"}, or None when nothing was answered."""
         start = self._clock() - WINDOW_SECONDS
-        recent = sorted(ms for t, ms in tuple(getattr(self._recent.get(model), "latencies", ())) if t >= start)
+        with self._lock:
+            recent = sorted(ms for t, ms in getattr(self._recent.get(model), "latencies", ()) if t >= start)
         if not recent:
             return None
 
@@ -123,15 +129,15 @@ class StatusBoard:
             "memory": self._memory.snapshot() if self._memory else None,
         }
 
-
     def _forget_idle(self, loaded: set) -> None:
         """Drop answers older than the window, and the models left with none
         that are not loaded: a model answered once stays on the board only
         while it is loaded or busy."""
         start = self._clock() - WINDOW_SECONDS
-        for name, recent in list(self._recent.items()):
-            if not recent.forget_before(start) and name not in loaded:
-                self._recent.pop(name, None)
+        with self._lock:
+            for name, recent in list(self._recent.items()):
+                if not recent.forget_before(start) and name not in loaded:
+                    del self._recent[name]
 
 
 def start_status_feed(socketio, board: StatusBoard, concurrency, interval: float = 1.0) -> None:

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import socket as _socket
+import threading
 import time
 
 from flask import current_app, request
@@ -89,10 +90,20 @@ PROCESS_ID = f"{_socket.gethostname()}:{os.getpid()}"
 
 #: Monitor rooms one connection may be in (each model's, and the one for all).
 MONITOR_ROOMS_PER_CONNECTION = 16
+#: Counting a connection's monitor rooms and joining one is one step (threading
+#: mode runs a connection's events on several threads). Never held across a yield.
+_joining_monitor = threading.Lock()
+
+
+_MONITOR = "monitor"
 
 
 def monitor_room(model: str | None = None) -> str:
-    return f"monitor:{model}" if model else "monitor"
+    return f"{_MONITOR}:{model}" if model else _MONITOR
+
+
+def _is_monitor_room(room: str) -> bool:
+    return room == _MONITOR or room.startswith(f"{_MONITOR}:")
 
 
 def publish_monitor_copy(copy: dict) -> None:
@@ -248,11 +259,14 @@ def on_monitor(data=None, *_):
     if model and not is_valid_model_name(model):
         return _reply("error", UnknownModel(f"There is no model called {model[:80]!r}.").to_dict())
     room = monitor_room(model)
-    watching = [joined for joined in socketio.server.rooms(request.sid) if joined.startswith(monitor_room())]
-    if room not in watching and len(watching) >= MONITOR_ROOMS_PER_CONNECTION:
+    with _joining_monitor:
+        watching = [joined for joined in socketio.server.rooms(request.sid) if _is_monitor_room(joined)]
+        full = room not in watching and len(watching) >= MONITOR_ROOMS_PER_CONNECTION
+        if not full:
+            socketio.server.enter_room(request.sid, room)
+    if full:
         return _reply("error", BadRequest(
             f"A connection may watch at most {MONITOR_ROOMS_PER_CONNECTION} monitor rooms.").to_dict())
-    socketio.server.enter_room(request.sid, room)
     return _reply("monitoring", {"room": room, "process": PROCESS_ID})
 
 

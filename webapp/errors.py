@@ -51,6 +51,11 @@ class TooLarge(ServingError):
 class UnknownModel(ServingError):
     code, http_status = "unknown_model", 404
 
+    @classmethod
+    def named(cls, name) -> "UnknownModel":
+        """For a name the store does not have, or that cannot be a model (quoted, at most 80 characters)."""
+        return cls(f"There is no model called {str(name)[:80]!r}.")
+
 
 class ModelUnavailable(ServingError):
     code, http_status = "model_unavailable", 503

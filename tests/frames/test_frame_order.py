@@ -62,7 +62,7 @@ class OneModel:
 
     def acquire(self, name, on_status=None):
         if name != "held":
-            raise UnknownModel(f"There is no model called {name!r}.")
+            raise UnknownModel.named(name)
         return self.loaded
 
     def known(self, name):

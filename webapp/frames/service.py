@@ -68,7 +68,7 @@ class FrameRequest:
         if not isinstance(model, str):
             raise BadRequest("'model' must be a string.")
         if not is_valid_model_name(model):
-            raise UnknownModel(f"There is no model called {model[:80]!r}.")
+            raise UnknownModel.named(model)
         if data.get("image") is None:
             raise BadRequest("The frame has no 'image' field.")
         top_k = data.get("top_k", default_top_k)
@@ -166,17 +166,24 @@ class PredictionService:
         own thread (threading) does without holding anything shared. So slow
         hosts cannot delay other clients' frames.
         """
-        with self._in_flight():
+        with self._in_flight(), self._counted("url_fetches", self.max_url_fetches,
+                                              "The server is fetching too many image URLs; try again "
+                                              "shortly, or send the image itself."):
+            return fetch(url, self.url_policy)
+
+    @contextmanager
+    def _counted(self, attribute: str, limit: int, busy_message: str):
+        """Count one operation of a kind that has a bound of its own (`attribute`);
+        `overloaded` with `busy_message` when `limit` are running already."""
+        with self._gates_lock:
+            if getattr(self, attribute) >= limit:
+                raise Overloaded(busy_message)
+            setattr(self, attribute, getattr(self, attribute) + 1)
+        try:
+            yield
+        finally:
             with self._gates_lock:
-                if self.url_fetches >= self.max_url_fetches:
-                    raise Overloaded("The server is fetching too many image URLs; try again shortly, "
-                                     "or send the image itself.")
-                self.url_fetches += 1
-            try:
-                return fetch(url, self.url_policy)
-            finally:
-                with self._gates_lock:
-                    self.url_fetches -= 1
+                setattr(self, attribute, getattr(self, attribute) - 1)
 
     @contextmanager
     def _in_flight(self):
@@ -359,20 +366,14 @@ class PredictionService:
         thread) per ask. A bound of their own, so that listings never take
         the frames' places (`MAX_WAITING_FRAMES`).
         """
-        with self._gates_lock:
-            if self.listings >= LISTINGS_AT_ONCE:
-                raise Overloaded("The server is listing the model store for too many requests; try again shortly.")
-            self.listings += 1
-        try:
+        with self._counted("listings", LISTINGS_AT_ONCE,
+                           "The server is listing the model store for too many requests; try again shortly."):
             models = self.concurrency.run_blocking(self.registry.list_models)
-        finally:
-            with self._gates_lock:
-                self.listings -= 1
         return {"models": [m for m in models if grant.allows(m["name"])]}
 
     def describe(self, name: str) -> dict:
         if not is_valid_model_name(name):
-            raise UnknownModel(f"There is no model called {name[:80]!r}.")
+            raise UnknownModel.named(name)
         details = self.registry.describe(name)
         # A model served from its int8 file: what `publish --quantize int8` measured.
         int8 = getattr(self.registry.acquire(name).runtime, "int8", None)

@@ -91,7 +91,7 @@ class LoadingMixin:
         except StoreUnavailable as exc:
             raise ModelUnavailable(f"The model store is unavailable: {exc}") from None
         if stored is None:
-            raise UnknownModel(f"There is no model called '{name}'.")
+            raise UnknownModel.named(name)
         return stored
 
     def _build(self, entry: ModelEntry, stored: StoredModel, report: bool,

@@ -79,7 +79,7 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
         `ModelUnavailable` if it cannot be loaded (or not in time).
         """
         if not is_valid_model_name(name):
-            raise UnknownModel(f"There is no model called {str(name)[:80]!r}.")
+            raise UnknownModel.named(name)
         if name not in self._entries:
             self._check_listed(name)
         with self._lock:
@@ -126,7 +126,7 @@ class ModelRegistry(LoadingMixin, ResidencyMixin, RefreshMixin, WarmSetMixin):
         """Raise `UnknownModel` for a name the store does not list (see `names`)."""
         listed = self._names.listed(name)
         if listed is False:
-            raise UnknownModel(f"There is no model called '{name}'.")
+            raise UnknownModel.named(name)
         if listed is None and not (self.cache is not None and self.cache.has(name)):
             raise ModelUnavailable("The model store is unavailable and this model is not cached here.")
 

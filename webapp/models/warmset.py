@@ -38,8 +38,8 @@ class WarmSetMixin:
             self._used_dirty = False
             used = dict(self._used)  # a snapshot: frames may touch models meanwhile
             kept = kept_in_record(used)
-            for name in used.keys() - kept.keys():
-                with self._lock:  # `_touch` may be recording a fresh use of it right now
+            with self._lock:  # `_touch` may be recording a fresh use of one of them right now
+                for name in used.keys() - kept.keys():
                     if self._used.get(name) == used[name]:
                         del self._used[name]
             self._concurrency.run_blocking(self.cache.write_warm_set, kept)

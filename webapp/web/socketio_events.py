@@ -93,8 +93,6 @@ MONITOR_ROOMS_PER_CONNECTION = 16
 #: Counting a connection's monitor rooms and joining one is one step (threading
 #: mode runs a connection's events on several threads). Never held across a yield.
 _joining_monitor = threading.Lock()
-
-
 _MONITOR = "monitor"
 
 
@@ -257,7 +255,7 @@ def on_monitor(data=None, *_):
     if current_app.extensions["access"].enabled and not _grant().admin:
         return _reply("error", Unauthorized("The monitor room needs the admin token.").to_dict())
     if model and not is_valid_model_name(model):
-        return _reply("error", UnknownModel(f"There is no model called {model[:80]!r}.").to_dict())
+        return _reply("error", UnknownModel.named(model).to_dict())
     room = monitor_room(model)
     with _joining_monitor:
         watching = [joined for joined in socketio.server.rooms(request.sid) if _is_monitor_room(joined)]
